@@ -1,0 +1,23 @@
+# EBFT reproduction study: prepare → train → evaluate → report.
+#   snakemake --cores all                                 # default profile (config/cpu.yaml, offline, CPU)
+#   snakemake --cores all --configfile config/smoke.yaml  # CI profile, about a minute
+#   snakemake --cores all --configfile config/paper.yaml  # released models and data (GPUs, hub)
+# A --configfile replaces the default profile rather than merging into it.
+
+if not workflow.overwrite_configfiles:
+    configfile: "config/cpu.yaml"
+
+
+include: "workflow/rules/common.smk"  # schema validation, layout, per-rule config
+include: "workflow/rules/prepare.smk"  # prepare_model, prepare_data
+include: "workflow/rules/train.smk"  # train_sft
+include: "workflow/rules/eval.smk"  # eval_ce
+include: "workflow/rules/report.smk"  # report
+
+
+rule all:
+    input:
+        L.metrics_csv,
+        L.main_table,
+        L.ce_figure,
+    default_target: True

@@ -1,0 +1,148 @@
+"""Supervised fine-tuning (SFT): the baseline EBFT is compared against.
+
+Objective: teacher-forced next-token cross-entropy (temperature 1) on the packed training chunks of EBFT_SPEC.md §3,
+token-weighted: per optimiser step, the summed NLL of every counted target in the step's chunks divided by their
+number (``loss_on: all`` counts every real token: question, answer and EOS separators, as in the released SFT
+runs on packed data; ``answer`` counts answer tokens only). Padding is never a target. AdamW with the profile's
+betas and weight decay, warm-up then a constant/cosine/linear schedule, gradient-norm clipping.
+
+Built on ``accelerate`` so the same loop runs on one CPU process or on several GPUs (``accelerate launch``); with
+several processes each normalises by its own token count (DDP then averages the gradients).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ebft.config import FinetuneConfig, SFTConfig
+from ebft.losses import token_nll
+from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+from ebft.packing import pack_records, target_mask
+
+METRIC_FIELDS = ["step", "epoch", "loss", "targets", "lr", "grad_norm", "step_time_s", "tokens_per_s"]
+
+
+def train_sft(
+    *,
+    model_dir: Path,
+    train_records: list[dict],
+    chunk_length: int,
+    finetune: FinetuneConfig,
+    sft: SFTConfig,
+    precision: str,
+    seed: int,
+    out: Path,
+) -> dict:
+    """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mixed = "bf16" if autocast_dtype(precision, probe_device) is not None else "no"
+    accelerator = Accelerator(mixed_precision=mixed)
+    set_seed(seed)
+
+    tokenizer = load_tokenizer(model_dir)
+    chunks = pack_records(train_records, tokenizer, chunk_length)
+    targets = target_mask(chunks, sft.loss_on)
+    dataset = torch.utils.data.TensorDataset(chunks.input_ids, targets)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=sft.batch_size, shuffle=True, drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+
+    model = make_trainable(load_causal_lm(model_dir, dropout=finetune.model_dropout), finetune)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=sft.lr, betas=tuple(sft.betas), weight_decay=sft.weight_decay)
+    steps_per_epoch = max(1, len(loader) // sft.grad_accum)
+    total_steps = min(sft.max_steps, sft.epochs * steps_per_epoch)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if sft.scheduler == "constant" else sft.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(sft.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    metrics_path = out / "train_metrics.csv"
+    bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
+    step, epoch, started = 0, 0, time.time()
+    with metrics_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        while step < total_steps:
+            batches = iter(loader)
+            for _ in range(steps_per_epoch):
+                if step == total_steps:
+                    break
+                micro = [next(batches) for _ in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L))]
+                row = _sft_step(model, optimizer, scheduler, accelerator, micro, sft.grad_clip)
+                step += 1
+                row.update(step=step, epoch=epoch)
+                if step % sft.log_every == 0 or step == total_steps:
+                    writer.writerow(row)
+                    fh.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            epoch += 1
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, out, finetune.mode)
+    summary = {
+        "method": "sft",
+        "steps": step,
+        "epochs_started": epoch,
+        "train_chunks": len(chunks),
+        "chunk_length": chunk_length,
+        "train_records": len(train_records),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "mixed_precision": mixed,
+        "processes": accelerator.num_processes,
+        "wall_time_s": round(time.time() - started, 2),
+        "loss": {"kind": "next-token cross-entropy", "temperature": 1.0, "reduction": "token-weighted mean per step",
+                 "targets": sft.loss_on, "padding": "excluded"},
+        "sft": asdict(sft),
+    }  # fmt: skip
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
+    """One optimiser step over ``micro`` batches, token-weighted over all of them."""
+    t0 = time.time()
+    n_targets = sum(int(mask[:, 1:].sum()) for _, mask in micro)
+    total_nll = 0.0
+    for ids, mask in micro:
+        logits = model(input_ids=ids).logits  # (b, L, V)
+        nll_sum, _ = token_nll(logits, ids, mask)
+        loss = nll_sum.sum() / max(n_targets, 1)
+        accelerator.backward(loss)
+        total_nll += float(nll_sum.detach().sum())
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    dt = time.time() - t0
+    n_tokens = sum(ids.numel() for ids, _ in micro)
+    return {
+        "loss": total_nll / max(n_targets, 1),
+        "targets": n_targets,
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "step_time_s": round(dt, 4),
+        "tokens_per_s": round(n_tokens / dt, 1),
+    }

@@ -1,0 +1,233 @@
+"""The ``ebft`` command: the one composition root the workflow's rules call.
+
+Each subcommand takes ``--config``: a profile file (``config/cpu.yaml``, checked against the schema) or the JSON the
+workflow passes (the profile's sections that rule needs). Output paths default to the layout of ``ebft.paths``.
+Errors a user can cause print one sentence and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ebft.config import (
+    TASKS,
+    CEEvalConfig,
+    FinetuneConfig,
+    ModelConfig,
+    SFTConfig,
+    TaskConfig,
+    build,
+    load_profile_dict,
+    section,
+    write_resolved,
+)
+from ebft.errors import UserError
+from ebft.paths import Layout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_sha() -> str:
+    """The commit the code ran at, with '-dirty' when the code (not the results) has uncommitted changes."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "--short=10", "HEAD")
+        dirty = git("status", "--porcelain", "--", "ebft", "baselines", "evals", "workflow", "Snakefile", "config")
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _layout(raw: dict) -> Layout:
+    if "profile" not in raw:
+        raise UserError("the config names no 'profile'; every profile file must set one.")
+    return Layout(raw.get("results_dir", "results"), raw["profile"])
+
+
+def _task(raw: dict, task: str) -> TaskConfig:
+    tc = section(raw, TaskConfig, f"tasks.{task}")
+    return tc
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_prepare_model(args, raw):
+    from ebft.models import prepare_model
+
+    cfg = section(raw, ModelConfig, f"models.{args.model}")
+    out = Path(args.out or _layout(raw).model_dir(args.model))
+    info = prepare_model(cfg, out, offline=raw.get("offline", True))
+    print(f"prepared model {args.model!r} ({info['source']}) in {out}")
+
+
+def cmd_prepare_data(args, raw):
+    from ebft.data import write_task_data
+
+    tc = _task(raw, args.task)
+    out = Path(args.out or _layout(raw).data_dir(args.task))
+    manifest = write_task_data(args.task, tc.source, raw.get("seed", 43), out)
+    sizes = ", ".join(f"{k} {v['records']}" for k, v in manifest["splits"].items())
+    print(f"wrote {args.task} data to {out} ({sizes} records)")
+
+
+def _task_sft(raw: dict, task: str, tc: TaskConfig) -> SFTConfig:
+    """The global sft section with the task's overrides (``tasks.<task>.sft``) on top."""
+    merged = {**raw.get("sft", {}), **(raw["tasks"][task].get("sft") or {})}
+    return build(SFTConfig, merged, "sft")
+
+
+def cmd_train(args, raw):
+    from ebft.data import read_records
+
+    if args.method != "sft":
+        raise UserError(f"training method {args.method!r} is not available; this version trains: sft.")
+    from baselines.sft import train_sft
+
+    layout = _layout(raw)
+    tc = _task(raw, args.task)
+    finetune = section(raw, FinetuneConfig, "finetune")
+    sft = _task_sft(raw, args.task, tc)
+    precision = raw.get("precision", "auto")
+    seed = raw.get("seed", 43)
+    model_dir = Path(args.model_dir or layout.model_dir(tc.model))
+    data_dir = Path(args.data_dir or layout.data_dir(args.task))
+    out = Path(args.out or layout.run_dir("sft", args.task))
+    config_hash = write_resolved(out / "resolved_config.yaml", {
+        "profile": raw["profile"], "task": args.task, "method": "sft", "seed": seed, "precision": precision,
+        "model_dir": str(model_dir), "task_config": tc, "finetune": finetune, "sft": sft,
+    })  # fmt: skip
+    summary = train_sft(model_dir=model_dir, train_records=read_records(data_dir / "train.jsonl"),
+                        chunk_length=tc.chunk_length, finetune=finetune, sft=sft, precision=precision,
+                        seed=seed, out=out)  # fmt: skip
+    print(f"sft on {args.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} (config {config_hash})")
+
+
+def cmd_eval(args, raw):
+    from ebft.config import config_hash
+    from ebft.data import read_records
+
+    if args.kind != "ce":
+        raise UserError(f"evaluation {args.kind!r} is not available; this version evaluates: ce.")
+    from evals.ce import evaluate_ce
+
+    layout = _layout(raw)
+    tc = _task(raw, args.task)
+    ce = section(raw, CEEvalConfig, "eval.ce")
+    default_model = layout.model_dir(tc.model) if args.method == "base" else layout.checkpoint(args.method, args.task)
+    model_dir = Path(args.model_dir or default_model)
+    data_dir = Path(args.data_dir or layout.data_dir(args.task))
+    out = Path(args.out or layout.eval_file("ce", args.task, args.method))
+    started = time.time()
+    rows = evaluate_ce(model_dir, read_records(data_dir / "heldout.jsonl"), tc.chunk_length, ce,
+                       seed=raw.get("seed", 43))  # fmt: skip
+    trained = model_dir.parent / "resolved_config.yaml"
+    record = {
+        "task": args.task, "method": args.method, "model_dir": str(model_dir),
+        "config_hash": config_hash({"eval": raw.get("eval"), "task": raw["tasks"][args.task],
+                                    "trained": trained.read_text() if trained.is_file() else None}),
+        "git_sha": git_sha(), "wall_time_s": round(time.time() - started, 2), "metrics": rows,
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"ce {args.task}/{args.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
+
+
+def cmd_report(args, raw):
+    from evals.report import collect, read_metrics, write_outputs
+
+    layout = _layout(raw)
+    if args.from_csv:
+        df = read_metrics(Path(args.from_csv))
+        csv_out = None
+    else:
+        df = collect([Path(p) for p in args.inputs], raw["profile"])
+        csv_out = Path(args.metrics_csv or layout.metrics_csv)
+    write_outputs(df, metrics_csv=csv_out, table=Path(args.table or layout.main_table),
+                  figure=Path(args.figure or layout.ce_figure))  # fmt: skip
+    print(f"report: {len(df)} metric rows → {args.table or layout.main_table}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ebft", description="Energy-Based Fine-Tuning reproduction harness.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("--config", default="config/cpu.yaml",
+                        help="profile YAML (default config/cpu.yaml) or the JSON the workflow passes")  # fmt: skip
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = command("prepare-model", cmd_prepare_model, "Write a profile's model as a plain Hugging Face folder.")
+    sp.add_argument("--model", required=True, help="a key of the profile's 'models'")
+    sp.add_argument("--out", help="output folder (default results/<profile>/models/<model>)")
+
+    sp = command("prepare-data", cmd_prepare_data, "Build one task's train and held-out splits.")
+    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--out", help="output folder (default results/<profile>/data/<task>)")
+
+    sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
+    sp.add_argument("--method", required=True, help="training method: sft")
+    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--model-dir", help="starting model (default: the task's prepared base model)")
+    sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
+    sp.add_argument("--out", help="run folder (default results/<profile>/runs/<method>/<task>)")
+
+    sp = command("eval", cmd_eval, "Evaluate one model on one task.")
+    sp.add_argument("--kind", required=True, help="evaluation: ce (validation cross-entropy)")
+    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--method", required=True, help="'base' or a training method (names the checkpoint)")
+    sp.add_argument("--model-dir", help="model to score (default: base model or the method's checkpoint)")
+    sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
+    sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
+
+    sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
+    sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")
+    sp.add_argument("--from-csv", help="regenerate table and figure from an existing metrics.csv only")
+    sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
+    sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
+    sp.add_argument("--figure", help="validation CE figure (default results/<profile>/figures/val_ce.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        raw = load_profile_dict(args.config)
+        from ebft.models import set_offline
+
+        set_offline(raw.get("offline", True))  # before any Hugging Face library is imported
+        _threads(args.threads)
+        args.func(args, raw)
+    except UserError as e:
+        print(f"ebft: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

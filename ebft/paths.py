@@ -1,0 +1,54 @@
+"""Where every output of the study lives, shared by the Snakefile and the CLI's defaults.
+
+Everything a profile produces is under ``<results_dir>/<profile>/``. Arguments may be wildcard patterns
+such as ``"{task}"``: the Snakefile uses the same functions to declare its rules' files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    results_dir: str
+    profile: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results_dir) / self.profile
+
+    def model_dir(self, name: str) -> Path:
+        """A prepared base model: a plain Hugging Face folder."""
+        return self.root / "models" / name
+
+    def data_dir(self, task: str) -> Path:
+        """train.jsonl, heldout.jsonl and manifest.json of one task."""
+        return self.root / "data" / task
+
+    def run_dir(self, method: str, task: str) -> Path:
+        """One training run: checkpoint, per-step metrics, resolved config."""
+        return self.root / "runs" / method / task
+
+    def checkpoint(self, method: str, task: str) -> Path:
+        """The loadable (merged) Hugging Face checkpoint a training run ends with."""
+        return self.run_dir(method, task) / "model"
+
+    def eval_file(self, kind: str, task: str, method: str) -> Path:
+        return self.root / "eval" / kind / task / f"{method}.json"
+
+    def log(self, rule: str, *parts: str) -> Path:
+        return self.root / "logs" / rule / ("_".join(parts) + ".log" if parts else "log.log")
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def main_table(self) -> Path:
+        return self.root / "tables" / "main.md"
+
+    @property
+    def ce_figure(self) -> Path:
+        return self.root / "figures" / "val_ce.png"

@@ -1,0 +1,129 @@
+"""Collect per-run evaluation records into one tidy table, then tables and figures as pure functions of it.
+
+``metrics.csv`` has one row per (task, method, metric): value, n (units the value averages over: tokens for CE),
+ci_low/ci_high (95 % bootstrap), the hash of the config that produced it, and the git commit.
+Regenerate tables and figures from that file alone with ``ebft report --from-csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ebft.errors import UserError
+
+COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha"]
+METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
+TASK_ORDER = ["qa_code", "unstructured_code", "translation"]
+METRICS = {  # name → (label, lower is better)
+    "val_ce": ("Validation CE, all tokens (nats/token)", True),
+    "val_ce_answer": ("Validation CE, answer tokens (nats/token)", True),
+}
+
+
+def collect(eval_files: list[Path], profile: str) -> pd.DataFrame:
+    rows = []
+    for path in eval_files:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"evaluation record {path} is missing; run its eval rule first.")
+        rec = json.loads(path.read_text())
+        for m in rec["metrics"]:
+            rows.append({"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
+                         "value": m["value"], "n": m["n"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+                         "config_hash": rec["config_hash"], "git_sha": rec["git_sha"]})  # fmt: skip
+    return _ordered(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    def rank(order):
+        return lambda s: s.map(lambda v: order.index(v) if v in order else len(order))
+
+    df = df.sort_values("metric").sort_values("method", key=rank(METHOD_ORDER), kind="stable")
+    return df.sort_values("task", key=rank(TASK_ORDER), kind="stable").reset_index(drop=True)
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist; run the workflow's report rule first.")
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path} lacks the columns {', '.join(missing)}; regenerate it with the report rule.")
+    return _ordered(df)
+
+
+def _present(values, order):
+    return [v for v in order if v in set(values)] + sorted(set(values) - set(order))
+
+
+def markdown_tables(df: pd.DataFrame) -> str:
+    """One table per metric: a row per task, a column per method, 'value [ci_low, ci_high]' in each cell."""
+    parts = []
+    for metric in _present(df["metric"], list(METRICS)):
+        label, lower = METRICS.get(metric, (metric, None))
+        sub = df[df["metric"] == metric]
+        methods = _present(sub["method"], METHOD_ORDER)
+        arrow = " (lower is better)" if lower else " (higher is better)" if lower is False else ""
+        lines = [f"### {label}{arrow}", "", "| task | " + " | ".join(methods) + " |",
+                 "|---|" + "---|" * len(methods)]  # fmt: skip
+        for task in _present(sub["task"], TASK_ORDER):
+            cells = []
+            for method in methods:
+                hit = sub[(sub["task"] == task) & (sub["method"] == method)]
+                if hit.empty:
+                    cells.append("–")
+                else:
+                    r = hit.iloc[0]
+                    cells.append(f"{r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    hashes = ", ".join(sorted(set(df["git_sha"].astype(str))))
+    footer = f"Values with 95 % bootstrap intervals. Profile: {', '.join(sorted(set(df['profile'])))}; git: {hashes}."
+    return "\n\n".join(parts) + "\n\n" + footer + "\n"
+
+
+def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
+    """Grouped bars (task × method) of one metric with its 95 % intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = df[df["metric"] == metric]
+    if sub.empty:
+        raise UserError(f"the results have no {metric!r} rows to plot; run the evaluations first.")
+    tasks = _present(sub["task"], TASK_ORDER)
+    methods = _present(sub["method"], METHOD_ORDER)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(tasks), 3.6))
+    for j, method in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, task in enumerate(tasks):
+            hit = sub[(sub["task"] == task) & (sub["method"] == method)]
+            if not hit.empty:
+                r = hit.iloc[0]
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(r.value)
+                lo.append(r.value - r.ci_low)
+                hi.append(r.ci_high - r.value)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=method)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel(METRICS.get(metric, (metric,))[0])
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figure: Path) -> None:
+    if metrics_csv is not None:
+        Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(metrics_csv, index=False)
+    Path(table).parent.mkdir(parents=True, exist_ok=True)
+    Path(table).write_text(markdown_tables(df))
+    plot_metric(df, "val_ce", figure)

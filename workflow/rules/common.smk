@@ -1,0 +1,62 @@
+# Validation of the profile, the output layout, and the config each rule passes to the `ebft` CLI.
+import json
+import sys
+
+from ebft.config import check_profile
+from ebft.errors import ConfigError
+from ebft.paths import Layout
+
+try:
+    check_profile(config)
+except ConfigError as error:
+    sys.exit(f"Config error: {error}")
+
+L = Layout(config.get("results_dir", "results"), config["profile"])
+TASKS = list(config["tasks"])
+METHODS = list(config.get("methods", ["sft"]))
+EVAL_METHODS = ["base"] + METHODS
+MODELS = sorted({config["tasks"][t]["model"] for t in TASKS})
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    method="|".join(EVAL_METHODS),
+    model="|".join(MODELS),
+
+
+def cfg_json(*sections, task=None, model=None):
+    """The profile's shared keys plus only the sections one rule needs, as JSON: a change elsewhere does not
+    re-run the rule (Snakemake's params rerun trigger)."""
+    keep = {k: config[k] for k in ("profile", "results_dir", "offline", "seed", "precision") if k in config}
+    keep.update({k: config[k] for k in sections if k in config})
+    if task is not None:
+        keep["tasks"] = {task: config["tasks"][task]}
+    if model is not None:
+        keep["models"] = {model: config["models"][model]}
+    return json.dumps(keep, sort_keys=True)
+
+
+def model_config(wildcards):
+    return cfg_json(model=wildcards.model)
+
+
+def data_config(wildcards):
+    return cfg_json(task=wildcards.task)
+
+
+def sft_config(wildcards):
+    return cfg_json("finetune", "sft", task=wildcards.task)
+
+
+def ce_config(wildcards):
+    return cfg_json("eval", task=wildcards.task)
+
+
+def task_base_model(wildcards):
+    return L.model_dir(config["tasks"][wildcards.task]["model"])
+
+
+def eval_model(wildcards):
+    if wildcards.method == "base":
+        return task_base_model(wildcards)
+    return L.checkpoint(wildcards.method, wildcards.task)

@@ -1,0 +1,15 @@
+rule eval_ce:
+    input:
+        model=eval_model,
+        heldout=L.data_dir("{task}") / "heldout.jsonl",
+    output:
+        L.eval_file("ce", "{task}", "{method}"),
+    params:
+        cfg=ce_config,
+        data=lambda wildcards, input: Path(input.heldout).parent,
+    log:
+        L.log("eval_ce", "{task}", "{method}"),
+    threads: workflow.cores
+    shell:
+        "ebft eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,25 @@
+rule prepare_model:
+    output:
+        directory(L.model_dir("{model}")),
+    params:
+        cfg=model_config,
+    log:
+        L.log("prepare_model", "{model}"),
+    threads: workflow.cores
+    shell:
+        "ebft prepare-model --config {params.cfg:q} --model {wildcards.model} --out {output} "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule prepare_data:
+    output:
+        train=L.data_dir("{task}") / "train.jsonl",
+        heldout=L.data_dir("{task}") / "heldout.jsonl",
+        manifest=L.data_dir("{task}") / "manifest.json",
+    params:
+        cfg=data_config,
+        out=lambda wildcards, output: Path(output.manifest).parent,
+    log:
+        L.log("prepare_data", "{task}"),
+    shell:
+        "ebft prepare-data --config {params.cfg:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,14 @@
+rule report:
+    input:
+        expand(L.eval_file("ce", "{task}", "{method}"), task=TASKS, method=EVAL_METHODS),
+    output:
+        csv=L.metrics_csv,
+        table=L.main_table,
+        figure=report(L.ce_figure, caption="../report/val_ce.rst", category="Validation cross-entropy"),
+    params:
+        cfg=cfg_json(),
+    log:
+        L.log("report"),
+    shell:
+        "ebft report --config {params.cfg:q} {input} --metrics-csv {output.csv} --table {output.table} "
+        "--figure {output.figure} > {log} 2>&1"

@@ -1,0 +1,18 @@
+rule train_sft:
+    input:
+        model=task_base_model,
+        train=L.data_dir("{task}") / "train.jsonl",
+    output:
+        model=directory(L.checkpoint("sft", "{task}")),
+        metrics=L.run_dir("sft", "{task}") / "train_metrics.csv",
+        config=L.run_dir("sft", "{task}") / "resolved_config.yaml",
+    params:
+        cfg=sft_config,
+        data=lambda wildcards, input: Path(input.train).parent,
+        out=lambda wildcards, output: Path(output.metrics).parent,
+    log:
+        L.log("train_sft", "{task}"),
+    threads: workflow.cores
+    shell:
+        "ebft train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
