@@ -17,6 +17,7 @@ include: "workflow/rules/report.smk"  # report
 
 rule all:
     input:
+        study_products(),
         L.metrics_csv,
         L.main_table,
         L.ce_figure,

@@ -48,7 +48,9 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 def read_metrics(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise UserError(f"{path} does not exist; run the workflow's report rule first.")
-    df = pd.read_csv(path)
+    df = pd.read_csv(
+        path, dtype={"profile": str, "task": str, "method": str, "metric": str, "config_hash": str, "git_sha": str}
+    )  # a hash of digits only must stay a string
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path} lacks the columns {', '.join(missing)}; regenerate it with the report rule.")

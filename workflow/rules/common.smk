@@ -60,3 +60,19 @@ def eval_model(wildcards):
     if wildcards.method == "base":
         return task_base_model(wildcards)
     return L.checkpoint(wildcards.method, wildcards.task)
+
+
+def all_cores(wildcards):
+    """Model jobs take every core Snakemake was given (--cores); they run one after another on a small machine."""
+    return workflow.cores
+
+
+def study_products():
+    """Every file the study produces. `all` asks for each of them, so deleting any one output rebuilds it and
+    then only what depends on it (Snakemake otherwise skips a missing intermediate whose consumers are current)."""
+    products = [L.model_dir(m) for m in MODELS]
+    for task in TASKS:
+        products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
+        products += [L.checkpoint(m, task) for m in METHODS]
+        products += [L.eval_file("ce", task, m) for m in EVAL_METHODS]
+    return products

@@ -9,7 +9,7 @@ rule eval_ce:
         data=lambda wildcards, input: Path(input.heldout).parent,
     log:
         L.log("eval_ce", "{task}", "{method}"),
-    threads: workflow.cores
+    threads: all_cores
     shell:
         "ebft eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"

@@ -5,7 +5,7 @@ rule prepare_model:
         cfg=model_config,
     log:
         L.log("prepare_model", "{model}"),
-    threads: workflow.cores
+    threads: all_cores
     shell:
         "ebft prepare-model --config {params.cfg:q} --model {wildcards.model} --out {output} "
         "--threads {threads} > {log} 2>&1"

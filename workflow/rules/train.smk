@@ -12,7 +12,7 @@ rule train_sft:
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_sft", "{task}"),
-    threads: workflow.cores
+    threads: all_cores
     shell:
         "ebft train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from ebft.errors import UserError
+from evals.report import COLUMNS, collect, markdown_tables, read_metrics, write_outputs
+
+
+def eval_record(path, task, method, value):
+    path.write_text(json.dumps({"task": task, "method": method, "config_hash": "abc", "git_sha": "123",
+                                "metrics": [{"metric": "val_ce", "value": value, "n": 100, "units": 4,
+                                             "ci_low": value - 0.1, "ci_high": value + 0.1}]}))  # fmt: skip
+    return path
+
+
+def test_collect_builds_the_tidy_table_in_a_fixed_order(tmp_path):
+    files = [eval_record(tmp_path / f"{t}_{m}.json", t, m, v) for t, m, v in
+             [("translation", "sft", 2.0), ("qa_code", "sft", 1.5), ("qa_code", "base", 1.8)]]  # fmt: skip
+    df = collect(files, "cpu")
+    assert list(df.columns) == COLUMNS
+    assert list(zip(df.task, df.method, strict=True)) == [
+        ("qa_code", "base"),
+        ("qa_code", "sft"),
+        ("translation", "sft"),
+    ]
+    table = markdown_tables(df)
+    assert "| task | base | sft |" in table
+    assert "| qa_code | 1.8000 [1.7000, 1.9000] | 1.5000 [1.4000, 1.6000] |" in table
+    assert "| translation | – | 2.0000 [1.9000, 2.1000] |" in table
+
+
+def test_table_and_figure_regenerate_from_the_csv_alone(tmp_path, cli_env):
+    files = [eval_record(tmp_path / f"{m}.json", "qa_code", m, v) for m, v in [("base", 1.8), ("sft", 1.5)]]
+    csv = tmp_path / "metrics.csv"
+    df = collect(files, "cpu")
+    write_outputs(df, metrics_csv=csv, table=tmp_path / "t1.md", figure=tmp_path / "f1.png")
+    for f in files:
+        f.unlink()
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--config", '{"profile": "cpu"}',
+                           "--from-csv", str(csv), "--table", str(tmp_path / "t2.md"), "--figure",
+                           str(tmp_path / "f2.png")], capture_output=True, text=True, env=cli_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t2.md").read_text() == (tmp_path / "t1.md").read_text()
+    assert (tmp_path / "f2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pd.testing.assert_frame_equal(read_metrics(csv), df, check_dtype=False)
+
+
+def test_missing_inputs_are_one_sentence(tmp_path):
+    with pytest.raises(UserError, match="is missing; run its eval rule first"):
+        collect([tmp_path / "nope.json"], "cpu")
+    with pytest.raises(UserError, match="does not exist; run the workflow's report rule first"):
+        read_metrics(tmp_path / "metrics.csv")

@@ -1,0 +1,70 @@
+"""The Snakemake DAG on the smoke profile: dry runs, a single target, a full run, idempotence, partial rebuilds."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snakemake(env, results, *args, profile="smoke"):
+    cmd = [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", f"config/{profile}.yaml",
+           "--config", f"results_dir={results}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints: {rule: count}, without the total."""
+    block = output.split("Job stats:", 1)[1]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m[0] != "total"}
+
+
+@pytest.mark.parametrize(
+    "profile,models",
+    [("cpu", 1), ("smoke", 1), ("paper", 2)],
+)
+def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models):
+    stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
+    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "eval_ce": 6, "report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_smoke_dag_end_to_end(tmp_path, cli_env):
+    root = tmp_path / "smoke"
+    # 1. One target alone: a single task's SFT checkpoint builds only what it needs.
+    out = snakemake(cli_env, tmp_path, str(root / "runs/sft/qa_code/model"))
+    assert job_stats(out) == {"prepare_model": 1, "prepare_data": 1, "train_sft": 1}
+    assert (root / "runs/sft/qa_code/model/config.json").is_file()
+    assert not (root / "data/translation").exists()
+
+    # 2. The whole DAG completes and reports base and SFT on every task.
+    snakemake(cli_env, tmp_path)
+    df = pd.read_csv(root / "metrics.csv")
+    assert set(zip(df.task, df.method, strict=True)) == {
+        (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft")
+    }
+    assert set(df.metric) == {"val_ce", "val_ce_answer"} and df.value.notna().all()
+    assert "| translation |" in (root / "tables/main.md").read_text()
+    assert (root / "figures/val_ce.png").stat().st_size > 1000
+
+    # 3. A second run has nothing to do.
+    assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
+
+    # 4. Deleting one output rebuilds only what depends on it.
+    (root / "eval/ce/translation/sft.json").unlink()
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"eval_ce": 1, "report": 1, "all": 1}
+    snakemake(cli_env, tmp_path)
+    assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
+    shutil.rmtree(root / "runs/sft/unstructured_code/model")
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "report": 1, "all": 1}
+
+    # 5. Snakemake's HTML report contains the figure.
+    snakemake(cli_env, tmp_path, "--report", str(tmp_path / "report.html"))
+    assert "val_ce.png" in (tmp_path / "report.html").read_text(errors="replace")
