@@ -50,7 +50,8 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed = "bf16" if autocast_dtype(precision, probe_device) is not None else "no"
-    accelerator = Accelerator(mixed_precision=mixed)
+    # cpu=True on a machine without CUDA, so that several CPU processes (torchrun) train data-parallel over gloo
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     set_seed(seed)
 
     tokenizer = load_tokenizer(model_dir)
@@ -76,12 +77,10 @@ def train_sft(
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    metrics_path = out / "train_metrics.csv"
+    log = _MetricsLog(out / "train_metrics.csv", enabled=accelerator.is_main_process)
     bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
     step, epoch, started = 0, 0, time.time()
-    with metrics_path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
+    with log:
         while step < total_steps:
             batches = iter(loader)
             for _ in range(steps_per_epoch):
@@ -92,8 +91,7 @@ def train_sft(
                 step += 1
                 row.update(step=step, epoch=epoch)
                 if step % sft.log_every == 0 or step == total_steps:
-                    writer.writerow(row)
-                    fh.flush()
+                    log.write(row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             epoch += 1
@@ -117,8 +115,32 @@ def train_sft(
                  "targets": sft.loss_on, "padding": "excluded"},
         "sft": asdict(sft),
     }  # fmt: skip
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if accelerator.is_main_process:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class _MetricsLog:
+    """Per-step metrics CSV, written by the main process only (the others would race on the same file)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            self.fh = self.path.open("w", newline="")
+            self.writer = csv.DictWriter(self.fh, fieldnames=METRIC_FIELDS)
+            self.writer.writeheader()
+        return self
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            self.writer.writerow(row)
+            self.fh.flush()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.fh.close()
 
 
 def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:

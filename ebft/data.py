@@ -21,6 +21,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import sys
 import sysconfig
@@ -167,6 +168,10 @@ def hub_split(src: HubSource, seed: int):
 def _hub_records(split: HubSplit, side: str) -> list[dict]:
     from datasets import load_dataset
 
+    from ebft.hub import require_hub
+
+    if os.environ.get("HF_HUB_OFFLINE") != "1":  # offline, load_dataset reads its cache or fails at once
+        require_hub(f"dataset {split.path!r}")
     try:
         ds = load_dataset(split.path, split.name, split=split.split)
     except Exception as e:

@@ -18,12 +18,11 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
+from ebft import hub
 from ebft.config import FinetuneConfig, ModelConfig
 from ebft.errors import UserError
 
@@ -136,7 +135,7 @@ def _copy_local(src: Path, out: Path) -> dict:
 
 
 def _download(repo_id: str, revision: str | None, out: Path, *, offline: bool) -> dict:
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
     if offline:
@@ -149,25 +148,9 @@ def _download(repo_id: str, revision: str | None, out: Path, *, offline: bool) -
             ) from None
         shutil.copytree(path, out, dirs_exist_ok=True)
     else:
-        host = urlparse(constants.ENDPOINT).hostname
-        if not hub_reachable(host):
-            raise UserError(
-                f"model {repo_id!r} needs the Hugging Face hub, which is unreachable from here ({host}); "
-                f"run where it is reachable or set the model's source to a local folder."
-            )
+        hub.require_hub(f"model {repo_id!r}")
         snapshot_download(repo_id, revision=revision, local_dir=out, allow_patterns=patterns)
     return {"source": repo_id, "revision": revision}
-
-
-def hub_reachable(host: str | None, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub's HTTPS port opens within ``timeout`` seconds."""
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------------

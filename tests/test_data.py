@@ -69,3 +69,29 @@ def test_placeholder_filter_catches_format_strings():
     for text in ("%s items", "%(name)s", "{count} files", "100%% sure", "<b>bold</b>", "%d"):
         assert PLACEHOLDER.search(text), text
     assert not PLACEHOLDER.search("Save and continue editing")
+
+
+def test_hub_dataset_offline_fails_at_once_naming_it(tmp_path):
+    import time
+
+    from ebft.config import HubSource, HubSplit
+    from ebft.errors import UserError
+
+    split = HubSplit(path="sjelassi/opencode-instruct_100k_200tok")
+    started = time.time()
+    with pytest.raises(UserError, match="could not load dataset 'sjelassi/opencode-instruct_100k_200tok'"):
+        write_task_data("qa_code", HubSource(train=split, heldout=split), 43, tmp_path)
+    assert time.time() - started < 20
+    assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_hub_dataset_with_unreachable_hub_is_one_sentence(tmp_path, monkeypatch):
+    import ebft.hub
+    from ebft.config import HubSource, HubSplit
+    from ebft.errors import UserError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(ebft.hub, "hub_reachable", lambda host, timeout=3.0: False)
+    split = HubSplit(path="sjelassi/alma")
+    with pytest.raises(UserError, match="dataset 'sjelassi/alma' needs the Hugging Face hub, which is unreachable"):
+        write_task_data("translation", HubSource(train=split, heldout=split), 43, tmp_path)

@@ -65,9 +65,10 @@ def test_hub_model_offline_fails_at_once_naming_the_model(tmp_path):
 
 
 def test_hub_model_with_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
-    import ebft.models
+    import ebft.hub
 
-    monkeypatch.setattr(ebft.models, "hub_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(ebft.hub, "hub_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(UserError, match="needs the Hugging Face hub, which is unreachable"):
         prepare_model(ModelConfig(source="Qwen/Qwen2.5-1.5B"), tmp_path / "m", offline=False)
 

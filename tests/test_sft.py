@@ -1,5 +1,6 @@
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +48,30 @@ def test_sft_is_reproducible_for_a_seed(tmp_path, tiny_model_dir, records):
                   sft=sft, precision="fp32", seed=5, out=tmp_path / run)  # fmt: skip
         losses.append([r["loss"] for r in csv.DictReader((tmp_path / run / "train_metrics.csv").open())])
     assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_model_dir, cli_env):
+    """Two CPU processes (gloo): one optimiser step per batch on each shard, files written once."""
+    import json
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun", path=cli_env["PATH"])
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records_for_ddp()))
+    cmd = [torchrun, "--nproc_per_node", "2", "-m", "ebft.cli", "train", "--config", "config/smoke.yaml",
+           "--method", "sft", "--task", "qa_code", "--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+           "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run/train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    assert [r["step"] for r in csv.DictReader((tmp_path / "run/train_metrics.csv").open())] == ["1", "2"]
+    assert (tmp_path / "run/model/config.json").is_file()
+
+
+def records_for_ddp():
+    train, _, _ = human_eval_split(HumanEvalSource(heldout=64), 43)
+    return train[:20]
