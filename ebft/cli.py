@@ -53,8 +53,7 @@ def _layout(raw: dict) -> Layout:
 
 
 def _task(raw: dict, task: str) -> TaskConfig:
-    tc = section(raw, TaskConfig, f"tasks.{task}")
-    return tc
+    return section(raw, TaskConfig, f"tasks.{task}")
 
 
 def _threads(n: int | None) -> None:
@@ -88,10 +87,9 @@ def cmd_prepare_data(args, raw):
     print(f"wrote {args.task} data to {out} ({sizes} records)")
 
 
-def _task_sft(raw: dict, task: str, tc: TaskConfig) -> SFTConfig:
+def _task_sft(raw: dict, tc: TaskConfig) -> SFTConfig:
     """The global sft section with the task's overrides (``tasks.<task>.sft``) on top."""
-    merged = {**raw.get("sft", {}), **(raw["tasks"][task].get("sft") or {})}
-    return build(SFTConfig, merged, "sft")
+    return build(SFTConfig, {**raw.get("sft", {}), **(tc.sft or {})}, "sft")
 
 
 def cmd_train(args, raw):
@@ -104,7 +102,7 @@ def cmd_train(args, raw):
     layout = _layout(raw)
     tc = _task(raw, args.task)
     finetune = section(raw, FinetuneConfig, "finetune")
-    sft = _task_sft(raw, args.task, tc)
+    sft = _task_sft(raw, tc)
     precision = raw.get("precision", "auto")
     seed = raw.get("seed", 43)
     model_dir = Path(args.model_dir or layout.model_dir(tc.model))

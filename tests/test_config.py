@@ -84,3 +84,16 @@ def test_snakemake_reports_a_bad_config_without_traceback(tmp_path, cli_env):
     out = proc.stdout + proc.stderr
     assert "config key 'finetune.mode' is 'qlora'; allowed values: 'lora', 'full'." in out
     assert "Traceback" not in out
+
+
+def test_task_sft_overrides_apply_on_top_of_the_global_section():
+    from ebft.cli import _task_sft
+    from ebft.config import TaskConfig, section
+
+    raw = profile("paper")
+    tc = section(raw, TaskConfig, "tasks.translation")
+    sft = _task_sft(raw, tc)
+    assert sft.lr == 3e-6 and sft.scheduler == "cosine" and sft.batch_size == 16
+    raw["tasks"]["translation"]["sft"] = {"lrr": 1.0}
+    with pytest.raises(ConfigError):
+        check_profile(raw)
