@@ -1,6 +1,8 @@
 # Validation of the profile, the output layout, and the config each rule passes to the `ebft` CLI.
 import json
+import shlex
 import sys
+from pathlib import Path
 
 from ebft.config import check_profile
 from ebft.errors import ConfigError
@@ -11,6 +13,9 @@ try:
 except ConfigError as error:
     sys.exit(f"Config error: {error}")
 
+# The `ebft` command of the environment running Snakemake, so `.venv/bin/snakemake` works without activating it.
+_ebft = Path(sys.executable).parent / "ebft"
+EBFT = shlex.quote(str(_ebft)) if _ebft.exists() else "ebft"
 L = Layout(config.get("results_dir", "results"), config["profile"])
 TASKS = list(config["tasks"])
 METHODS = list(config.get("methods", ["sft"]))

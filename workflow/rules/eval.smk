@@ -11,5 +11,5 @@ rule eval_ce:
         L.log("eval_ce", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "ebft eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "{EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"

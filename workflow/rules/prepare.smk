@@ -7,7 +7,7 @@ rule prepare_model:
         L.log("prepare_model", "{model}"),
     threads: all_cores
     shell:
-        "ebft prepare-model --config {params.cfg:q} --model {wildcards.model} --out {output} "
+        "{EBFT} prepare-model --config {params.cfg:q} --model {wildcards.model} --out {output} "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -22,4 +22,4 @@ rule prepare_data:
     log:
         L.log("prepare_data", "{task}"),
     shell:
-        "ebft prepare-data --config {params.cfg:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"
+        "{EBFT} prepare-data --config {params.cfg:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"

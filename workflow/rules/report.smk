@@ -10,5 +10,5 @@ rule report:
     log:
         L.log("report"),
     shell:
-        "ebft report --config {params.cfg:q} {input} --metrics-csv {output.csv} --table {output.table} "
+        "{EBFT} report --config {params.cfg:q} {input} --metrics-csv {output.csv} --table {output.table} "
         "--figure {output.figure} > {log} 2>&1"

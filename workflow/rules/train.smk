@@ -14,5 +14,5 @@ rule train_sft:
         L.log("train_sft", "{task}"),
     threads: all_cores
     shell:
-        "ebft train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "{EBFT} train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
