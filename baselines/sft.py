@@ -12,7 +12,6 @@ several processes each normalises by its own token count (DDP then averages the 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ebft.config import FinetuneConfig, SFTConfig
 from ebft.losses import token_nll
+from ebft.metrics_log import MetricsLog
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
 from ebft.packing import pack_records, target_mask
 
@@ -77,7 +77,7 @@ def train_sft(
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
-    log = _MetricsLog(out / "train_metrics.csv", enabled=accelerator.is_main_process)
+    log = MetricsLog(out / "train_metrics.csv", METRIC_FIELDS, enabled=accelerator.is_main_process)
     bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
     step, epoch, started = 0, 0, time.time()
     with log:
@@ -118,29 +118,6 @@ def train_sft(
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-class _MetricsLog:
-    """Per-step metrics CSV, written by the main process only (the others would race on the same file)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def __enter__(self):
-        if self.enabled:
-            self.fh = self.path.open("w", newline="")
-            self.writer = csv.DictWriter(self.fh, fieldnames=METRIC_FIELDS)
-            self.writer.writeheader()
-        return self
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            self.writer.writerow(row)
-            self.fh.flush()
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.fh.close()
 
 
 def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:

@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 from ebft.config import (
+    METHODS,
     TASKS,
     CEEvalConfig,
+    EBFTConfig,
     FinetuneConfig,
+    FMEvalConfig,
     ModelConfig,
     SFTConfig,
     TaskConfig,
@@ -92,50 +95,76 @@ def _task_sft(raw: dict, tc: TaskConfig) -> SFTConfig:
     return build(SFTConfig, {**raw.get("sft", {}), **(tc.sft or {})}, "sft")
 
 
+def _task_ebft(raw: dict, tc: TaskConfig) -> EBFTConfig:
+    """The global ebft section with the task's overrides (``tasks.<task>.ebft``) on top."""
+    return build(EBFTConfig, {**raw.get("ebft", {}), **(tc.ebft or {})}, "ebft")
+
+
 def cmd_train(args, raw):
     from ebft.data import read_records
 
-    if args.method != "sft":
-        raise UserError(f"training method {args.method!r} is not available; this version trains: sft.")
-    from baselines.sft import train_sft
-
+    if args.method not in METHODS:
+        raise UserError(f"training method {args.method!r} is not available; choose one of {', '.join(METHODS)}.")
     layout = _layout(raw)
     tc = _task(raw, args.task)
     finetune = section(raw, FinetuneConfig, "finetune")
-    sft = _task_sft(raw, tc)
     precision = raw.get("precision", "auto")
     seed = raw.get("seed", 43)
     model_dir = Path(args.model_dir or layout.model_dir(tc.model))
     data_dir = Path(args.data_dir or layout.data_dir(args.task))
-    out = Path(args.out or layout.run_dir("sft", args.task))
-    config_hash = write_resolved(out / "resolved_config.yaml", {
-        "profile": raw["profile"], "task": args.task, "method": "sft", "seed": seed, "precision": precision,
-        "model_dir": str(model_dir), "task_config": tc, "finetune": finetune, "sft": sft,
-    })  # fmt: skip
-    summary = train_sft(model_dir=model_dir, train_records=read_records(data_dir / "train.jsonl"),
-                        chunk_length=tc.chunk_length, finetune=finetune, sft=sft, precision=precision,
-                        seed=seed, out=out)  # fmt: skip
-    print(f"sft on {args.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} (config {config_hash})")
+    out = Path(args.out or layout.run_dir(args.method, args.task))
+    records = read_records(data_dir / "train.jsonl")
+    resolved = {"profile": raw["profile"], "task": args.task, "method": args.method, "seed": seed,
+                "precision": precision, "model_dir": str(model_dir), "task_config": tc,
+                "finetune": finetune}  # fmt: skip
+    if args.method == "sft":
+        from baselines.sft import train_sft
+
+        sft = _task_sft(raw, tc)
+        config_hash = write_resolved(out / "resolved_config.yaml", {**resolved, "sft": sft})
+        summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=tc.chunk_length,
+                            finetune=finetune, sft=sft, precision=precision, seed=seed, out=out)  # fmt: skip
+    else:
+        from ebft.trainer import train_ebft
+
+        ebft = _task_ebft(raw, tc)
+        default_start = layout.checkpoint("sft", args.task) if ebft.init == "sft" else model_dir
+        start_dir = Path(args.start_dir or default_start)
+        config_hash = write_resolved(out / "resolved_config.yaml",
+                                     {**resolved, "start_dir": str(start_dir), "ebft": ebft})  # fmt: skip
+        summary = train_ebft(base_dir=model_dir, start_dir=start_dir, train_records=records,
+                             chunk_length=tc.chunk_length, finetune=finetune, cfg=ebft, precision=precision,
+                             seed=seed, out=out)  # fmt: skip
+    print(f"{args.method} on {args.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} "
+          f"(config {config_hash})")  # fmt: skip
 
 
 def cmd_eval(args, raw):
     from ebft.config import config_hash
     from ebft.data import read_records
 
-    if args.kind != "ce":
-        raise UserError(f"evaluation {args.kind!r} is not available; this version evaluates: ce.")
-    from evals.ce import evaluate_ce
-
+    if args.kind not in ("ce", "fm"):
+        raise UserError(f"evaluation {args.kind!r} is not available; choose 'ce' (validation cross-entropy) or "
+                        f"'fm' (held-out feature-matching loss).")  # fmt: skip
     layout = _layout(raw)
     tc = _task(raw, args.task)
-    ce = section(raw, CEEvalConfig, "eval.ce")
-    default_model = layout.model_dir(tc.model) if args.method == "base" else layout.checkpoint(args.method, args.task)
+    base_dir = Path(args.base_dir or layout.model_dir(tc.model))
+    default_model = base_dir if args.method == "base" else layout.checkpoint(args.method, args.task)
     model_dir = Path(args.model_dir or default_model)
     data_dir = Path(args.data_dir or layout.data_dir(args.task))
-    out = Path(args.out or layout.eval_file("ce", args.task, args.method))
+    out = Path(args.out or layout.eval_file(args.kind, args.task, args.method))
+    records = read_records(data_dir / "heldout.jsonl")
+    seed = raw.get("seed", 43)
     started = time.time()
-    rows = evaluate_ce(model_dir, read_records(data_dir / "heldout.jsonl"), tc.chunk_length, ce,
-                       seed=raw.get("seed", 43))  # fmt: skip
+    if args.kind == "ce":
+        from evals.ce import evaluate_ce
+
+        rows = evaluate_ce(model_dir, records, tc.chunk_length, section(raw, CEEvalConfig, "eval.ce"), seed=seed)
+    else:
+        from evals.fm import evaluate_fm
+
+        rows = evaluate_fm(model_dir, base_dir, records, tc.chunk_length, _task_ebft(raw, tc),
+                           section(raw, FMEvalConfig, "eval.fm"), seed=seed)  # fmt: skip
     trained = model_dir.parent / "resolved_config.yaml"
     record = {
         "task": args.task, "method": args.method, "model_dir": str(model_dir),
@@ -145,7 +174,7 @@ def cmd_eval(args, raw):
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
-    print(f"ce {args.task}/{args.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
+    print(f"{args.kind} {args.task}/{args.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
 
 
 def cmd_report(args, raw):
@@ -158,8 +187,9 @@ def cmd_report(args, raw):
     else:
         df = collect([Path(p) for p in args.inputs], raw["profile"])
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
+    fm_figure = args.fm_figure or (layout.fm_figure if "fm_loss" in set(df["metric"]) else None)
     write_outputs(df, metrics_csv=csv_out, table=Path(args.table or layout.main_table),
-                  figure=Path(args.figure or layout.ce_figure))  # fmt: skip
+                  figure=Path(args.figure or layout.ce_figure), fm_figure=fm_figure and Path(fm_figure))  # fmt: skip
     print(f"report: {len(df)} metric rows → {args.table or layout.main_table}")
 
 
@@ -189,17 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default results/<profile>/data/<task>)")
 
     sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
-    sp.add_argument("--method", required=True, help="training method: sft")
+    sp.add_argument("--method", required=True, help="training method: sft or ebft")
     sp.add_argument("--task", required=True, choices=TASKS)
-    sp.add_argument("--model-dir", help="starting model (default: the task's prepared base model)")
+    sp.add_argument("--model-dir", help="the task's base model (default: its prepared folder); EBFT's features")
+    sp.add_argument("--start-dir", help="EBFT's starting policy (default: the base model, or the SFT checkpoint "
+                                        "when ebft.init is sft)")  # fmt: skip
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="run folder (default results/<profile>/runs/<method>/<task>)")
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
-    sp.add_argument("--kind", required=True, help="evaluation: ce (validation cross-entropy)")
+    sp.add_argument("--kind", required=True, help="ce (validation cross-entropy) or fm (feature-matching loss)")
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--method", required=True, help="'base' or a training method (names the checkpoint)")
     sp.add_argument("--model-dir", help="model to score (default: base model or the method's checkpoint)")
+    sp.add_argument("--base-dir", help="the task's base model: the feature network for fm (default: prepared)")
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
 
@@ -209,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figure", help="validation CE figure (default results/<profile>/figures/val_ce.png)")
+    sp.add_argument("--fm-figure", help="feature-matching loss figure (default …/figures/fm_loss.png when present)")
     return p
 
 

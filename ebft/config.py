@@ -156,6 +156,7 @@ class TaskConfig:
     source: Any  # one of SOURCE_KINDS' classes, chosen by its `kind`
     chunk_length: int = 256  # L: packed chunk length in tokens
     sft: dict[str, Any] | None = None  # overrides of the global `sft` section for this task (e.g. its lr)
+    ebft: dict[str, Any] | None = None  # overrides of the global `ebft` section (e.g. c/s/G, pooling)
 
     def __post_init__(self):
         _positive(self, "chunk_length")
@@ -186,6 +187,75 @@ class SFTConfig:
 
 
 @dataclass
+class EBFTConfig:
+    """Energy-based fine-tuning (EBFT_SPEC.md §1–§4); per-task overrides go under ``tasks.<task>.ebft``."""
+
+    c: int = 8  # context length before the first block
+    s: int = 8  # stride between block anchors
+    G: int = 8  # tokens generated per block
+    n: int = 4  # rollouts per chunk
+    temperature: float = 0.6  # sampling temperature; log-probs use logits / temperature
+    top_p: float = 1.0
+    alpha: float = 1.0  # alignment coefficient
+    beta: float = 0.0  # diversity coefficient (needs n ≥ 3 when > 0)
+    gamma: float = 0.03  # coefficient of the teacher-forced CE on the ground-truth chunk
+    kl_coef: float = 0.0  # KL to the starting policy; 0 in every released config
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    whitening: Literal["paper", "released", "none"] = "paper"
+    pooling: Literal["last_token", "mean"] = "last_token"
+    feature_layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    document_mask: bool = False  # attention confined to each packed document (not implemented yet: refused)
+    answer_only: bool = False  # only blocks whose ground truth lies inside an answer get a gradient
+    init: Literal["base", "sft"] = "base"  # start from the base model or the SFT checkpoint (features: base)
+    use_cache: bool = True  # KV-cached strided sampler (False: the released uncached reference)
+    lr: float = 1e-5
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_ratio: float = 0.03
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 2  # chunks per rollout batch (per process); train batch = batch_size × n sequences
+    max_steps: int = 20  # optimiser steps = rollout batches; also bounded by `epochs`
+    epochs: int = 1
+    checkpoint_every: int = 10  # steps between resumable checkpoints (and at the end)
+    log_every: int = 1
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        _positive(self, "c", "s", "G", "n", "lr", "batch_size", "max_steps", "epochs", "checkpoint_every", "log_every")
+        if self.temperature <= 0:
+            raise _FieldError("temperature", "on-policy training samples, so it must be positive")
+        if not 0 < self.top_p <= 1:
+            raise _FieldError("top_p", "it must lie in (0, 1]")
+        if self.beta > 0 and self.n <= 2:
+            raise _FieldError("n", "β > 0 needs n ≥ 3 rollouts (the diversity baseline divides by n − 2)")
+        if self.n < 2:
+            raise _FieldError("n", "RLOO needs at least 2 rollouts per chunk")
+        if min(self.alpha, self.beta, self.gamma, self.kl_coef) < 0:
+            raise _FieldError("alpha", "alpha, beta, gamma and kl_coef must be ≥ 0")
+        if not self.feature_layers or not all(0 < q <= 1 for q in self.feature_layers):
+            raise _FieldError("feature_layers", "give depth fractions in (0, 1], e.g. [0.25, 0.5, 0.75]")
+        _unit_interval(self, "warmup_ratio")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
+
+
+@dataclass
+class FMEvalConfig:
+    """Held-out feature-matching loss: −mean(alignment − diversity/2), unwhitened features (spec §1)."""
+
+    max_chunks: int | None = 8
+    n: int = 4
+    batch_size: int = 2  # chunks per forward (× n rollouts)
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        _positive(self, "max_chunks", "batch_size", "bootstrap")
+        if self.n < 2:
+            raise _FieldError("n", "the diversity term needs at least 2 rollouts")
+
+
+@dataclass
 class CEEvalConfig:
     batch_size: int = 8
     max_chunks: int | None = 48  # held-out chunks scored (the first ones); None: all
@@ -198,6 +268,7 @@ class CEEvalConfig:
 @dataclass
 class EvalConfig:
     ce: CEEvalConfig = field(default_factory=CEEvalConfig)
+    fm: FMEvalConfig = field(default_factory=FMEvalConfig)
 
 
 @dataclass
@@ -214,6 +285,7 @@ class Profile:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    ebft: EBFTConfig = field(default_factory=EBFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -228,9 +300,15 @@ class Profile:
         for m in self.methods:
             if m not in METHODS:
                 raise ConfigError(f"methods lists {m!r}; choose from {', '.join(METHODS)}.")
+        for task, tc in self.tasks.items():
+            for name, cls, base in (("sft", SFTConfig, self.sft), ("ebft", EBFTConfig, self.ebft)):
+                if getattr(tc, name):
+                    build(cls, {**dataclasses.asdict(base), **getattr(tc, name)}, f"tasks.{task}.{name}")
+        if self.ebft.init == "sft" and "ebft" in self.methods and "sft" not in self.methods:
+            raise ConfigError("ebft.init is 'sft' but methods does not list sft; add it or set ebft.init: base.")
 
 
-METHODS = ("sft",)  # trained methods this version can run; 'base' is always evaluated
+METHODS = ("sft", "ebft")  # trained methods this version can run; 'base' is always evaluated
 
 
 # --------------------------------------------------------------------------------------------------

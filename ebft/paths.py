@@ -52,3 +52,7 @@ class Layout:
     @property
     def ce_figure(self) -> Path:
         return self.root / "figures" / "val_ce.png"
+
+    @property
+    def fm_figure(self) -> Path:
+        return self.root / "figures" / "fm_loss.png"

@@ -20,6 +20,7 @@ TASK_ORDER = ["qa_code", "unstructured_code", "translation"]
 METRICS = {  # name → (label, lower is better)
     "val_ce": ("Validation CE, all tokens (nats/token)", True),
     "val_ce_answer": ("Validation CE, answer tokens (nats/token)", True),
+    "fm_loss": ("Held-out feature-matching loss", True),
 }
 
 
@@ -122,10 +123,13 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figure: Path) -> None:
+def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figure: Path,
+                  fm_figure: Path | None = None) -> None:  # fmt: skip
     if metrics_csv is not None:
         Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(metrics_csv, index=False)
     Path(table).parent.mkdir(parents=True, exist_ok=True)
     Path(table).write_text(markdown_tables(df))
     plot_metric(df, "val_ce", figure)
+    if fm_figure is not None:
+        plot_metric(df, "fm_loss", fm_figure)

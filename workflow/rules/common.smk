@@ -20,6 +20,7 @@ L = Layout(config.get("results_dir", "results"), config["profile"])
 TASKS = list(config["tasks"])
 METHODS = list(config.get("methods", ["sft"]))
 EVAL_METHODS = ["base"] + METHODS
+EVALS = ["ce", "fm"]  # validation cross-entropy, held-out feature-matching loss
 MODELS = sorted({config["tasks"][t]["model"] for t in TASKS})
 
 
@@ -53,8 +54,23 @@ def sft_config(wildcards):
     return cfg_json("finetune", "sft", task=wildcards.task)
 
 
+def ebft_config(wildcards):
+    return cfg_json("finetune", "ebft", task=wildcards.task)
+
+
 def ce_config(wildcards):
     return cfg_json("eval", task=wildcards.task)
+
+
+def fm_config(wildcards):
+    return cfg_json("eval", "ebft", task=wildcards.task)
+
+
+def ebft_start(wildcards):
+    """EBFT's starting policy: the base model, or the task's SFT checkpoint when ebft.init is 'sft'."""
+    if config.get("ebft", {}).get("init", "base") == "sft":
+        return L.checkpoint("sft", wildcards.task)
+    return task_base_model(wildcards)
 
 
 def task_base_model(wildcards):
@@ -79,5 +95,5 @@ def study_products():
     for task in TASKS:
         products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
         products += [L.checkpoint(m, task) for m in METHODS]
-        products += [L.eval_file("ce", task, m) for m in EVAL_METHODS]
+        products += [L.eval_file(kind, task, m) for kind in EVALS for m in EVAL_METHODS]
     return products

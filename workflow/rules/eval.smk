@@ -13,3 +13,22 @@ rule eval_ce:
     shell:
         "{EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule eval_fm:
+    input:
+        model=eval_model,
+        base=task_base_model,
+        heldout=L.data_dir("{task}") / "heldout.jsonl",
+    output:
+        L.eval_file("fm", "{task}", "{method}"),
+    params:
+        cfg=fm_config,
+        data=lambda wildcards, input: Path(input.heldout).parent,
+    log:
+        L.log("eval_fm", "{task}", "{method}"),
+    threads: all_cores
+    shell:
+        "{EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "--model-dir {input.model} --base-dir {input.base} --data-dir {params.data} --out {output} "
+        "--threads {threads} > {log} 2>&1"

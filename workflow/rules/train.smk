@@ -16,3 +16,24 @@ rule train_sft:
     shell:
         "{EBFT} train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
+
+
+rule train_ebft:
+    input:
+        model=task_base_model,
+        start=ebft_start,
+        train=L.data_dir("{task}") / "train.jsonl",
+    output:
+        model=directory(L.checkpoint("ebft", "{task}")),
+        metrics=L.run_dir("ebft", "{task}") / "train_metrics.csv",
+        config=L.run_dir("ebft", "{task}") / "resolved_config.yaml",
+    params:
+        cfg=ebft_config,
+        data=lambda wildcards, input: Path(input.train).parent,
+        out=lambda wildcards, output: Path(output.metrics).parent,
+    log:
+        L.log("train_ebft", "{task}"),
+    threads: all_cores
+    shell:
+        "{EBFT} train --method ebft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,116 @@
+"""Feature-matching rewards and RLOO advantages (EBFT_SPEC.md §1, §2, §4).
+
+For one context (a chunk's block k) with n rollout features φ_1..φ_n and reference features φ_y, after whitening φ̃:
+
+    alignment_j = 2·cos(φ̃_j, φ̃_y)            diversity_j = 2·mean_{i≠j} ⟨φ̃_j, φ̃_i⟩       reward_j = α·A_j − β·D_j
+
+(the released form: cosine for alignment, raw dot products for diversity). With unit-norm, unwhitened features,
+mean_j(A_j − D_j/2) = ‖φ_y‖² − (an unbiased estimate of ‖mean_j φ_j − φ_y‖²): its negation is the held-out
+feature-matching loss this project reports.
+
+Whitening, per (chunk, block) group over its n rollouts X (n × D), X = U S Vᵀ (singular values ≤ 1e-5·S_max dropped):
+
+- ``paper``: W = ((XᵀX)⁺)^{1/2} = V S⁻¹ Vᵀ on rollouts and reference alike: rollouts → U Vᵀ, reference → y V S⁻¹ Vᵀ.
+  Computed in the n-dimensional basis (coordinates U and S⁻¹ Vᵀ y); the D × D matrix is never formed.
+- ``released``: W = U S⁻¹ Uᵀ applied on the left to the rollouts (→ U Vᵀ) and to n stacked copies of φ_y, so reference
+  row j is (U S⁻¹ Uᵀ 1)_j · φ_y, and rollout j is compared with reference row j. An SVD failure is retried once with
+  1e-6·mean|X| noise, then the group is left unwhitened (the released code's behaviour).
+- ``none``: φ̃ = φ.
+
+With n ≪ D and distinct rollouts the whitened rollouts are orthonormal, so diversity ≈ 0 unless rollouts coincide:
+under whitening β penalises duplicates only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WHITENING = ("paper", "released", "none")
+CUTOFF = 1e-5
+
+
+def feature_rewards(gen: torch.Tensor, ref: torch.Tensor, *, alpha: float, beta: float, whitening: str) -> dict:
+    """gen (n, NB, D) rollout features, ref (NB, D) reference features → reward, alignment, diversity (n, NB)."""
+    if whitening not in WHITENING:
+        raise ValueError(f"unknown whitening {whitening!r}; choose one of {', '.join(WHITENING)}")
+    n, NB, D = gen.shape
+    if ref.shape != (NB, D):
+        raise ValueError(f"ref has shape {tuple(ref.shape)}; expected (NB, D) = {(NB, D)}")
+    if n < 2:
+        raise ValueError(f"feature rewards need n ≥ 2 rollouts per context; got n = {n}")
+    X = gen.double().transpose(0, 1)  # (NB, n, D)
+    y = ref.double()  # (NB, D)
+    if whitening == "none":
+        gram = X @ X.transpose(1, 2)  # (NB, n, n)
+        dots = (X @ y[:, :, None]).squeeze(-1)  # (NB, n)
+        norms, ref_norm = X.norm(dim=-1), y.norm(dim=-1)[:, None].expand(NB, n)
+    else:
+        gram, dots, norms, ref_norm = _whitened(X, y, whitening)
+    alignment = 2 * dots / (norms * ref_norm).clamp_min(1e-12)  # (NB, n)
+    off_diagonal = gram.sum(dim=-1) - gram.diagonal(dim1=1, dim2=2)
+    diversity = 2 * off_diagonal / (n - 1)  # (NB, n)
+    out = {"alignment": alignment, "diversity": diversity, "reward": alpha * alignment - beta * diversity}
+    return {k: v.transpose(0, 1).to(gen.dtype) for k, v in out.items()}
+
+
+def _whitened(X: torch.Tensor, y: torch.Tensor, whitening: str):
+    """Gram matrix, dot products with the reference, and norms of the whitened features, per group."""
+    NB, n, _ = X.shape
+    gram = torch.empty(NB, n, n, dtype=X.dtype)
+    dots = torch.empty(NB, n, dtype=X.dtype)
+    norms = torch.empty(NB, n, dtype=X.dtype)
+    ref_norm = torch.empty(NB, n, dtype=X.dtype)
+    for k in range(NB):
+        svd = _svd(X[k], released=whitening == "released")
+        if svd is None:  # released: left unwhitened after a failed retry
+            Xk = X[k]
+            gram[k], dots[k], norms[k] = Xk @ Xk.T, Xk @ y[k], Xk.norm(dim=-1)
+            ref_norm[k] = y[k].norm()
+            continue
+        U, S, Vh = svd  # U (n, r), S (r,), Vh (r, D): kept components only
+        gram[k] = U @ U.T  # whitened rollouts are U Vᵀ
+        norms[k] = U.norm(dim=-1)
+        if whitening == "paper":
+            coords = (Vh @ y[k]) / S  # (r,): the reference is y V S⁻¹ Vᵀ, i.e. coords in the basis Vᵀ
+            dots[k] = U @ coords
+            ref_norm[k] = coords.norm()
+        else:  # released: reference row j = w_j φ_y with w = U S⁻¹ Uᵀ 1
+            w = U @ ((U.T @ torch.ones(n, dtype=X.dtype)) / S)  # (n,)
+            dots[k] = w * (U @ (Vh @ y[k]))
+            ref_norm[k] = w.abs() * y[k].norm()
+    return gram, dots, norms, ref_norm
+
+
+def _svd(X: torch.Tensor, *, released: bool):
+    """Thin SVD of X (n, D) keeping singular values above CUTOFF·S_max; None when it fails (released variant)."""
+    tries = [X, X + 1e-6 * X.abs().mean() * torch.randn_like(X)] if released else [X]
+    for attempt in tries:
+        try:
+            U, S, Vh = torch.linalg.svd(attempt, full_matrices=False)
+        except RuntimeError:
+            continue
+        keep = S > CUTOFF * S.max()
+        return U[:, keep], S[keep], Vh[keep]
+    if released:
+        return None
+    raise RuntimeError("SVD of the rollout features failed")
+
+
+def rloo_advantages(alignment: torch.Tensor, diversity: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
+    """Leave-one-out advantages (n, NB) for rewards α·A − β·D (spec §2).
+
+    b^A_j = (Σ_i A_i − A_j)/(n − 1); b^D_j = (Σ_i D_i − 2·D_j)/(n − 2), the mean diversity recomputed on the other
+    n − 1 rollouts; advantage_j = r_j − (α·b^A_j − β·b^D_j). No std normalisation, no clipping.
+    """
+    n = alignment.shape[0]
+    if beta > 0 and n <= 2:
+        raise ValueError(f"β = {beta} > 0 needs n ≥ 3 rollouts per context (the diversity baseline divides by n − 2); "
+                         f"got n = {n}")  # fmt: skip
+    if n < 2:
+        raise ValueError(f"RLOO needs n ≥ 2 rollouts per context; got n = {n}")
+    base_a = (alignment.sum(dim=0, keepdim=True) - alignment) / (n - 1)
+    reward = alpha * alignment - beta * diversity
+    if beta == 0:
+        return reward - alpha * base_a
+    base_d = (diversity.sum(dim=0, keepdim=True) - 2 * diversity) / (n - 2)
+    return reward - (alpha * base_a - beta * base_d)

@@ -1,0 +1,167 @@
+"""Strided block-parallel sampling (EBFT_SPEC.md §3).
+
+A chunk x of L tokens holds NB = (L − G − c)/s + 1 blocks. Block k conditions on the nested prefix x[0 : c + k·s] and
+samples G tokens; its ground truth is x[c + k·s : c + k·s + G]. All blocks live in one sequence of S = L + NB·G
+tokens, [x_0 … x_{L−1} | generated], generated tokens step-major: step t of block k at index L + t·NB + k, with
+position id c + k·s + t (the position of the token it replaces). Prompt rows are causal; generated token (t, k) sees
+x[0 : c + k·s], itself and its own block's earlier tokens, never another block and never the ground truth.
+
+Two samplers give the same tokens for the same random stream:
+
+- ``use_cache=False``, the released reference: G full forward passes over the growing sequence, no cache
+  (≈ G·L + NB·G²/2 token-forwards).
+- ``use_cache=True``: one prefill of the chunk (each distinct chunk once, shared by its copies) plus G − 1 decode
+  steps of NB tokens each with a KV cache and a 4-D mask (≈ L + NB·G token-forwards).
+
+Random numbers: at step t both draw the tokens of all (row, block) pairs with one ``torch.multinomial`` call on the
+(B·NB, V) probabilities, rows in batch order and blocks in index order, from the caller's ``generator``; nothing
+else consumes it. ``torch.multinomial`` (an exponential race) is robust to the ~1e-5 logit noise between the two
+samplers in fp32, so their tokens agree exactly; in bf16 a few per cent may flip. Temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def num_blocks(L: int, c: int, s: int, G: int) -> int:
+    """NB = (L − G − c)/s + 1; refuses layouts where s does not divide L − G − c."""
+    if min(c, s, G) < 1 or L < c + G:
+        raise ValueError(f"strided layout needs c, s, G ≥ 1 and L ≥ c + G; got L={L}, c={c}, s={s}, G={G}")
+    if (L - G - c) % s:
+        raise ValueError(
+            f"stride s={s} does not divide L − G − c = {L - G - c} (L={L}, c={c}, G={G}); "
+            f"choose s, c or L so that it does"
+        )
+    return (L - G - c) // s + 1
+
+
+def attention_mask(L: int, c: int, s: int, G: int) -> torch.Tensor:
+    """(S, S) bool, True where query row may attend to key column."""
+    NB = num_blocks(L, c, s, G)
+    S = L + NB * G
+    mask = torch.zeros(S, S, dtype=torch.bool)
+    mask[:L, :L] = torch.ones(L, L, dtype=torch.bool).tril()
+    t = torch.arange(G).repeat_interleave(NB)  # (NB·G,) step of each generated index
+    k = torch.arange(NB).repeat(G)  # (NB·G,) block of each generated index
+    prefix = c + k * s  # visible prompt length of each generated row
+    mask[L:, :L] = torch.arange(L)[None, :] < prefix[:, None]
+    mask[L:, L:] = (k[:, None] == k[None, :]) & (t[None, :] <= t[:, None])
+    return mask
+
+
+def position_ids(L: int, c: int, s: int, G: int) -> torch.Tensor:
+    """(S,) long: i for prompt index i, c + k·s + t for generated token (t, k)."""
+    NB = num_blocks(L, c, s, G)
+    t = torch.arange(G).repeat_interleave(NB)
+    k = torch.arange(NB).repeat(G)
+    return torch.cat([torch.arange(L), c + k * s + t])
+
+
+def predictor_index(L: int, c: int, s: int, G: int) -> torch.Tensor:
+    """(G, NB) long: index of the position whose logits predict generated token (t, k).
+
+    t = 0: the last visible prompt token, c + k·s − 1; t > 0: the block's previous token, L + (t − 1)·NB + k.
+    """
+    NB = num_blocks(L, c, s, G)
+    k = torch.arange(NB)
+    first = (c + k * s - 1)[None, :]
+    later = L + torch.arange(G - 1)[:, None] * NB + k[None, :]
+    return torch.cat([first, later], dim=0)
+
+
+def generated_index(L: int, NB: int, G: int) -> torch.Tensor:
+    """(G, NB) long: index of generated token (t, k) in the strided sequence."""
+    return L + torch.arange(G)[:, None] * NB + torch.arange(NB)[None, :]
+
+
+def strided_sequence(chunks: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """[chunk | generated] (B, S) from chunks (B, L) and blocks (B, NB, G), generated tokens step-major."""
+    B, NB, G = blocks.shape
+    return torch.cat([chunks, blocks.transpose(1, 2).reshape(B, G * NB)], dim=1)
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """One token per row of logits (R, V): greedy at temperature 0, else nucleus sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(dim=-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check(temperature: float, top_p: float) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature is {temperature}; it must be ≥ 0 (0 means greedy)")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p is {top_p}; it must lie in (0, 1]")
+
+
+@torch.no_grad()
+def sample_blocks(
+    model, chunks: torch.Tensor, c: int, s: int, G: int, *, temperature: float, top_p: float = 1.0,
+    generator: torch.Generator | None = None, use_cache: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """Sample G tokens for every block of every chunk: (B, L) → (B, NB, G) long."""
+    _check(temperature, top_p)
+    B, L = chunks.shape
+    NB = num_blocks(L, c, s, G)
+    sampler = _sample_cached if use_cache else _sample_uncached
+    return sampler(model, chunks, c, s, G, NB, temperature, top_p, generator)
+
+
+def _sample_uncached(model, chunks, c, s, G, NB, temperature, top_p, generator):
+    B, L = chunks.shape
+    device = chunks.device
+    mask = attention_mask(L, c, s, G).to(device)
+    pos = position_ids(L, c, s, G).to(device)
+    pred = predictor_index(L, c, s, G).to(device)
+    seq = chunks
+    for t in range(G):
+        n = L + t * NB
+        logits = model(
+            input_ids=seq,
+            attention_mask=mask[None, None, :n, :n].expand(B, 1, n, n),
+            position_ids=pos[None, :n].expand(B, n),
+            use_cache=False,
+        ).logits  # (B, n, V)
+        step_logits = logits[:, pred[t]]  # (B, NB, V)
+        tokens = _draw(step_logits.reshape(B * NB, -1), temperature, top_p, generator).view(B, NB)
+        seq = torch.cat([seq, tokens], dim=1)
+    return seq[:, L:].view(B, G, NB).transpose(1, 2).contiguous()
+
+
+def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator):
+    from transformers import DynamicCache
+
+    B, L = chunks.shape
+    device = chunks.device
+    mask = attention_mask(L, c, s, G).to(device)
+    pos = position_ids(L, c, s, G).to(device)
+    # Prefill each distinct chunk once (the n rollouts of a chunk are copies), then expand the cache to all rows.
+    unique, inverse = torch.unique(chunks, dim=0, return_inverse=True)
+    cache = DynamicCache(config=model.config)
+    U = unique.shape[0]
+    prefill_pos = c + torch.arange(NB, device=device) * s - 1  # the positions predicting step 0
+    out = model(input_ids=unique, attention_mask=mask[None, None, :L, :L].expand(U, 1, L, L),
+                position_ids=pos[None, :L].expand(U, L), cache=cache, use_cache=True,
+                logits_to_keep=prefill_pos)  # fmt: skip
+    if U != B:
+        cache.reorder_cache(inverse)  # row b of the batch gets the keys and values of its chunk
+    step_logits = out.logits[inverse]  # (B, NB, V)
+    blocks = []
+    for t in range(G):
+        tokens = _draw(step_logits.reshape(B * NB, -1), temperature, top_p, generator).view(B, NB)
+        blocks.append(tokens)
+        if t == G - 1:
+            break
+        rows = slice(L + t * NB, L + (t + 1) * NB)  # the strided indices of step t's tokens
+        step_mask = mask[None, None, rows, : L + (t + 1) * NB].expand(B, 1, NB, L + (t + 1) * NB)
+        out = model(input_ids=tokens, attention_mask=step_mask, position_ids=pos[None, rows].expand(B, NB),
+                    cache=cache, use_cache=True)  # fmt: skip
+        step_logits = out.logits  # (B, NB, V)
+    return torch.stack(blocks, dim=2)  # (B, NB, G)

@@ -1,0 +1,294 @@
+"""EBFT trainer: strided rollouts → base-model features → feature-matching rewards → REINFORCE (EBFT_SPEC.md §1–§4).
+
+Objective per rollout batch of B chunks, each copied n times (train batch B·n sequences):
+
+    loss = mean_seq [ mean_{generated tokens (t,k) of valid blocks} −A_{j,k} · log π(ŷ_{t,k} | prefix, ŷ_{<t,k}) / T ]
+           + γ · CE(ground-truth chunk)  +  kl_coef · KL_estimator(π ‖ π_start)
+
+- A is the RLOO advantage of rewards α·alignment − β·diversity (``ebft.rewards``), one per (rollout, block), given to
+  all G tokens of the block; log-probs use logits / T (T the sampling temperature) and are read at the position that
+  predicted each token (``strided.predictor_index``). Plain on-policy REINFORCE: no ratio, no clipping, no std
+  normalisation; exactly one optimiser step per rollout batch.
+- A block counts ("valid") when its ground truth holds no padding (and, with ``answer_only``, lies inside an answer);
+  other blocks get no gradient and no reward statistics.
+- CE: teacher-forced next-token CE at T = 1 over the ground-truth chunk (every real token), from the same forward.
+- Features: the frozen base model (LoRA: the policy with its adapter disabled; full fine-tuning or an SFT warm start:
+  a frozen copy loaded from the base folder).
+- Random numbers: the sampler's generator is seeded from (seed, step) and the data order of epoch e is a permutation
+  seeded from (seed, e), so a run resumed from a checkpoint (weights or adapter, optimiser, scheduler, step) continues
+  exactly as an uninterrupted one; dropout is 0.
+
+Differences from the released code: none in the update; the sampler uses a KV cache (identical tokens in fp32) unless
+``use_cache: false``; document masking is not implemented yet and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ebft import strided
+from ebft.config import EBFTConfig, FinetuneConfig
+from ebft.errors import UserError
+from ebft.features import feature_network, strided_features
+from ebft.losses import token_weighted_ce
+from ebft.metrics_log import MetricsLog
+from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+from ebft.packing import PackedChunks, pack_records
+from ebft.rewards import feature_rewards, rloo_advantages
+
+FIELDS = ["step", "epoch", "reward", "alignment", "diversity", "fm_estimate", "ce", "policy_loss", "kl", "loss",
+          "grad_norm", "valid_blocks", "lr", "rollout_tokens_per_s", "sample_s", "step_time_s"]  # fmt: skip
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed fixed by its parts (seed, step, …)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % 2**63
+    return h
+
+
+def block_valid(chunks: PackedChunks, c: int, s: int, G: int, answer_only: bool) -> torch.Tensor:
+    """(B, NB) bool: block k's ground truth x[c+k·s : c+k·s+G] is all real tokens (and all answer tokens)."""
+    L = chunks.input_ids.shape[1]
+    NB = strided.num_blocks(L, c, s, G)
+    idx = c + torch.arange(NB)[:, None] * s + torch.arange(G)[None, :]  # (NB, G)
+    ok = chunks.valid[:, idx].all(dim=-1)
+    if answer_only:
+        ok &= chunks.answer[:, idx].all(dim=-1)
+    return ok
+
+
+def generated_logprobs(logits: torch.Tensor, seq: torch.Tensor, L: int, c: int, s: int, G: int, temperature: float):
+    """log π(ŷ_{t,k}) / T-scaled, read at each token's predictor: logits (R, S, V), seq (R, S) → (R, NB, G)."""
+    NB = strided.num_blocks(L, c, s, G)
+    pred = strided.predictor_index(L, c, s, G).to(seq.device)  # (G, NB)
+    target = seq[:, strided.generated_index(L, NB, G).to(seq.device)]  # (R, G, NB)
+    logp = torch.log_softmax(logits[:, pred].float() / temperature, dim=-1)  # (R, G, NB, V)
+    return logp.gather(-1, target[..., None]).squeeze(-1).transpose(1, 2)  # (R, NB, G)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(π ‖ π_ref) estimate from samples of π (Schulman's k1/k2/k3)."""
+    log_ratio = ref_logp - logp  # log π_ref/π
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return log_ratio**2 / 2
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
+
+
+def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int):
+    B, S = seq.shape
+    mask = strided.attention_mask(L, c, s, G).to(seq.device)
+    pos = strided.position_ids(L, c, s, G).to(seq.device)
+    return model(input_ids=seq, attention_mask=mask[None, None].expand(B, 1, S, S),
+                 position_ids=pos[None].expand(B, S), use_cache=False).logits  # fmt: skip
+
+
+def train_ebft(
+    *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
+    cfg: EBFTConfig, precision: str, seed: int, out: Path, halt_after: int | None = None,
+) -> dict:  # fmt: skip
+    """Train with EBFT from ``start_dir`` (features from ``base_dir``); resumes from ``out/checkpoint`` if present.
+
+    ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
+    """
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    if cfg.document_mask:
+        raise UserError("ebft.document_mask: true is not implemented yet; set it to false.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mixed = "bf16" if autocast_dtype(precision, device_kind) is not None else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    c, s, G = cfg.c, cfg.s, cfg.G
+
+    tokenizer = load_tokenizer(start_dir)
+    chunks = pack_records(train_records, tokenizer, chunk_length)
+    strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
+    valid_blocks = block_valid(chunks, c, s, G, cfg.answer_only)  # (N, NB)
+
+    policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout), finetune)
+    separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
+    frozen = load_causal_lm(base_dir).eval().requires_grad_(False) if separate_features else None
+    kl_ref = None
+    if cfg.kl_coef > 0 and finetune.mode == "full":
+        kl_ref = load_causal_lm(start_dir).eval().requires_grad_(False)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    per_step = cfg.batch_size * accelerator.num_processes
+    steps_per_epoch = len(chunks) // per_step
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(chunks)} training chunks cannot fill one rollout batch of {per_step}; "
+                        f"lower ebft.batch_size or add data.")  # fmt: skip
+    total_steps = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    scheduler = get_scheduler("constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)  # fmt: skip
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    for m in (frozen, kl_ref):
+        if m is not None:
+            m.to(accelerator.device)
+
+    step = _resume(out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler)
+    log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, append=step > 0,
+                     tensorboard=out / "tensorboard" if cfg.tensorboard else None)  # fmt: skip
+    bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)
+    started = time.time()
+    with log:
+        while step < total_steps:
+            epoch, within = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+            start = (within * accelerator.num_processes + accelerator.process_index) * cfg.batch_size
+            index = order[start : start + cfg.batch_size]
+            row = _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
+                             valid_blocks[index], cfg, derive_seed(seed, step, 1))  # fmt: skip
+            step += 1
+            row.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+            if step % cfg.log_every == 0 or step == total_steps:
+                log.write(row)
+            if step % cfg.checkpoint_every == 0 or step == total_steps:
+                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
+            if halt_after is not None and step == halt_after:
+                bar.close()
+                return {"steps": step, "halted": True}
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    summary = {"method": "ebft", "steps": step, "train_chunks": len(chunks), "chunk_length": chunk_length,
+               "blocks_per_chunk": valid_blocks.shape[1], "valid_block_fraction": float(valid_blocks.float().mean()),
+               "trainable_parameters": sum(p.numel() for p in trainable), "mixed_precision": mixed,
+               "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 2),
+               "feature_network": "frozen base copy" if separate_features else "policy with adapter disabled",
+               "ebft": asdict(cfg)}  # fmt: skip
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(policy), tokenizer, out, finetune.mode)
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg, sample_seed):
+    """One rollout batch: sample, score, one optimiser step. Returns the step's metrics."""
+    c, s, G, n = cfg.c, cfg.s, cfg.G, cfg.n
+    t0 = time.time()
+    device = accelerator.device
+    B, L = batch.input_ids.shape
+    chunks = batch.input_ids.to(device).repeat_interleave(n, dim=0)  # (B·n, L): n copies of each chunk
+    model = accelerator.unwrap_model(policy)
+    generator = torch.Generator(device=device).manual_seed(sample_seed)
+    with accelerator.autocast():
+        blocks = strided.sample_blocks(
+            model,
+            chunks,
+            c,
+            s,
+            G,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            generator=generator,
+            use_cache=cfg.use_cache,
+        )  # (B·n, NB, G)
+    sample_s = time.time() - t0
+    seq = strided.strided_sequence(chunks, blocks)  # (B·n, S)
+    NB = blocks.shape[1]
+
+    with accelerator.autocast(), feature_network(model, frozen) as net:
+        gt_feat, gen_feat = strided_features(net, seq, L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling)
+    gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
+    gt_feat = gt_feat.view(B, n, NB, -1)[:, 0]  # (B, NB, D): identical across copies
+    scores = [feature_rewards(gen_feat[b], gt_feat[b], alpha=cfg.alpha, beta=cfg.beta, whitening=cfg.whitening)
+              for b in range(B)]  # fmt: skip
+    alignment = torch.stack([r["alignment"] for r in scores])  # (B, n, NB)
+    diversity = torch.stack([r["diversity"] for r in scores])
+    adv = torch.stack([rloo_advantages(a, d, alpha=cfg.alpha, beta=cfg.beta) for a, d in zip(alignment, diversity,
+                                                                                         strict=True)])  # fmt: skip
+    keep = valid.to(device)[:, None, :].expand(B, n, NB)  # (B, n, NB)
+    adv = (adv * keep).reshape(B * n, NB).float()
+    token_keep = keep.reshape(B * n, NB, 1).expand(B * n, NB, G).float()  # (B·n, NB, G)
+
+    with accelerator.autocast():
+        logits = strided_forward(policy, seq, L, c, s, G)  # (B·n, S, V)
+        logp = generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
+        per_seq_tokens = token_keep.sum(dim=(1, 2)).clamp_min(1)
+        policy_loss = (-(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
+        ce = token_weighted_ce(logits[:, :L], chunks, batch.valid.to(device).repeat_interleave(n, dim=0))
+        kl = torch.zeros((), device=device)
+        if cfg.kl_coef > 0:
+            with torch.no_grad(), feature_network(model, kl_ref) as ref:
+                ref_logp = generated_logprobs(strided_forward(ref, seq, L, c, s, G), seq, L, c, s, G, cfg.temperature)
+            kl = ((kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
+        loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    k = keep.float()
+    denom = k.sum().clamp_min(1)
+
+    def masked_mean(x):
+        return float((x.to(k.dtype) * k).sum() / denom)
+
+    reward = cfg.alpha * alignment - cfg.beta * diversity
+    return {
+        "reward": masked_mean(reward), "alignment": masked_mean(alignment), "diversity": masked_mean(diversity),
+        "fm_estimate": masked_mean(alignment - diversity / 2), "ce": float(ce.detach()),
+        "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
+        "grad_norm": float(grad_norm), "valid_blocks": int(valid.sum()),
+        "rollout_tokens_per_s": round(B * n * NB * G / max(sample_s, 1e-9), 1), "sample_s": round(sample_s, 3),
+        "step_time_s": round(time.time() - t0, 3),
+    }  # fmt: skip
+
+
+def _trainable_state(model) -> dict:
+    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int) -> None:
+    """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step (written atomically)."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "trainable": _trainable_state(accelerator.unwrap_model(policy)),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": torch.get_rng_state()}  # fmt: skip
+    tmp = path / "state.pt.partial"
+    torch.save(state, tmp)
+    tmp.replace(path / "state.pt")
+
+
+def _resume(path: Path, model, optimizer, scheduler) -> int:
+    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from."""
+    file = path / "state.pt"
+    if not file.is_file():
+        return 0
+    state = torch.load(file, weights_only=False)
+    missing = set(_trainable_state(model)) ^ set(state["trainable"])
+    if missing:
+        raise UserError(f"checkpoint {file} does not match this model's trainable weights ({len(missing)} differ); "
+                        f"delete it to start afresh.")  # fmt: skip
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])

@@ -1,0 +1,60 @@
+"""Held-out feature-matching loss (EBFT_SPEC.md §1).
+
+For each held-out chunk, n rollouts per block from the model under test (strided sampler, the task's c/s/G and
+sampling temperature, a fixed seed shared by every model), features from the frozen base model, unwhitened:
+``fm_loss = −mean over valid blocks and rollouts of (alignment − diversity/2)``. With unit-norm features this is
+the unbiased estimate of ‖E φ(ŷ) − φ(y)‖² minus ‖φ(y)‖², so lower is better and differences between models are
+differences in the conditional feature-matching loss. 95 % interval by bootstrap over chunks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ebft import strided
+from ebft.config import EBFTConfig, FMEvalConfig
+from ebft.features import strided_features
+from ebft.models import load_causal_lm, load_tokenizer
+from ebft.packing import pack_records
+from ebft.rewards import feature_rewards
+from ebft.trainer import block_valid, derive_seed
+from evals.stats import bootstrap_ratio_ci
+
+
+@torch.no_grad()
+def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_length: int, ebft: EBFTConfig,
+                cfg: FMEvalConfig, *, seed: int) -> list[dict]:  # fmt: skip
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    c, s, G, n = ebft.c, ebft.s, ebft.G, cfg.n
+    model = load_causal_lm(model_dir).to(device).eval()
+    features = model if Path(model_dir) == Path(base_dir) else load_causal_lm(base_dir).to(device).eval()
+    chunks = pack_records(records, load_tokenizer(base_dir), chunk_length)
+    if cfg.max_chunks is not None:
+        chunks = chunks.subset(slice(0, cfg.max_chunks))
+    valid = block_valid(chunks, c, s, G, ebft.answer_only)  # (N, NB)
+    sums, counts = [], []
+    for start in range(0, len(chunks), cfg.batch_size):
+        batch = chunks.subset(slice(start, start + cfg.batch_size))
+        B, L = batch.input_ids.shape
+        rep = batch.input_ids.to(device).repeat_interleave(n, dim=0)
+        generator = torch.Generator(device=device).manual_seed(derive_seed(seed, start))
+        blocks = strided.sample_blocks(model, rep, c, s, G, temperature=ebft.temperature, top_p=ebft.top_p,
+                                       generator=generator)  # fmt: skip
+        gt, gen = strided_features(features, strided.strided_sequence(rep, blocks), L, c, s, G,
+                                   layers=ebft.feature_layers, pooling=ebft.pooling)  # fmt: skip
+        NB = blocks.shape[1]
+        gen, gt = gen.view(B, n, NB, -1), gt.view(B, n, NB, -1)[:, 0]
+        for b in range(B):
+            r = feature_rewards(gen[b], gt[b], alpha=1.0, beta=1.0, whitening="none")
+            keep = valid[start + b].to(device).float()  # (NB,)
+            per_block = (r["alignment"] - r["diversity"] / 2).mean(dim=0)  # (NB,) mean over rollouts
+            sums.append(-float((per_block * keep).sum()))
+            counts.append(float(keep.sum()))
+    total = sum(counts)
+    if total == 0:
+        return []
+    low, high = bootstrap_ratio_ci(sums, counts, resamples=cfg.bootstrap, seed=seed)
+    return [{"metric": "fm_loss", "value": sum(sums) / total, "n": int(total), "units": len(sums),
+             "ci_low": low, "ci_high": high}]  # fmt: skip

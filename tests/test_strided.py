@@ -1,0 +1,159 @@
+"""Strided layout: mask and positions against a loop-built reference, visibility in a real model, and samplers."""
+
+import pytest
+import torch
+
+from ebft import strided
+from ebft.models import load_causal_lm
+
+LAYOUTS = [(16, 4, 4, 4), (24, 8, 8, 8), (20, 4, 2, 4), (11, 3, 2, 2), (9, 1, 1, 1), (12, 4, 4, 8)]
+
+
+def reference_layout(L, c, s, G):
+    """Slow, obvious version of the spec's layout."""
+    NB = (L - G - c) // s + 1
+    S = L + NB * G
+    where = {}  # strided index → ("x", i) or ("g", t, k)
+    for i in range(L):
+        where[i] = ("x", i)
+    for t in range(G):
+        for k in range(NB):
+            where[L + t * NB + k] = ("g", t, k)
+    mask = torch.zeros(S, S, dtype=torch.bool)
+    pos = torch.zeros(S, dtype=torch.long)
+    for q in range(S):
+        wq = where[q]
+        pos[q] = wq[1] if wq[0] == "x" else c + wq[2] * s + wq[1]
+        for kv in range(S):
+            wk = where[kv]
+            if wq[0] == "x":
+                mask[q, kv] = wk[0] == "x" and wk[1] <= wq[1]
+            elif wk[0] == "x":
+                mask[q, kv] = wk[1] < c + wq[2] * s
+            else:
+                mask[q, kv] = wk[2] == wq[2] and wk[1] <= wq[1]
+    return mask, pos
+
+
+@pytest.mark.parametrize("L,c,s,G", LAYOUTS)
+def test_mask_and_positions_equal_a_loop_built_reference(L, c, s, G):
+    mask, pos = reference_layout(L, c, s, G)
+    assert torch.equal(strided.attention_mask(L, c, s, G), mask)
+    assert torch.equal(strided.position_ids(L, c, s, G), pos)
+
+
+@pytest.mark.parametrize("L,c,s,G", [(16, 4, 3, 4), (10, 8, 1, 4), (20, 4, 0, 4)])
+def test_layouts_where_the_stride_does_not_fit_are_refused(L, c, s, G):
+    with pytest.raises(ValueError, match="s|L ≥ c \\+ G"):
+        strided.attention_mask(L, c, s, G)
+    with pytest.raises(ValueError):
+        strided.position_ids(L, c, s, G)
+
+
+def test_the_predictor_of_each_generated_token():
+    L, c, s, G = 24, 8, 8, 8  # NB = 2
+    pred = strided.predictor_index(L, c, s, G)
+    assert pred[0].tolist() == [7, 15]  # t = 0: the last visible prompt token of each block
+    assert pred[1].tolist() == [24, 25]  # t = 1: the block's own step-0 token
+    assert pred[7].tolist() == [24 + 6 * 2, 24 + 6 * 2 + 1]
+    # each predictor is visible to its generated token's row and sits at position one less
+    mask, pos = strided.attention_mask(L, c, s, G), strided.position_ids(L, c, s, G)
+    gen = strided.generated_index(L, 2, G)
+    assert bool(mask[gen, pred].all())
+    assert torch.equal(pos[pred] + 1, pos[gen])
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_causal_lm(tiny_model_dir).eval()
+
+
+def strided_logits(model, seq, L, c, s, G):
+    B, S = seq.shape
+    mask = strided.attention_mask(L, c, s, G)
+    pos = strided.position_ids(L, c, s, G)
+    return model(input_ids=seq, attention_mask=mask[None, None].expand(B, 1, S, S),
+                 position_ids=pos[None].expand(B, S)).logits  # fmt: skip
+
+
+def test_a_block_sees_exactly_its_prefix_in_the_model(tiny):
+    L, c, s, G = 32, 8, 4, 4
+    NB = strided.num_blocks(L, c, s, G)
+    g = torch.Generator().manual_seed(0)
+    seq = torch.randint(0, 1000, (1, L + NB * G), generator=g)
+    gen = strided.generated_index(L, NB, G)
+    k = 3  # visible prefix x[0 : 20]
+    with torch.no_grad():
+        base = strided_logits(tiny, seq, L, c, s, G)
+        for j, visible in ((c + k * s, False), (L - 1, False), (c + k * s - 1, True), (0, True)):
+            other = seq.clone()
+            other[0, j] = (other[0, j] + 7) % 1000
+            changed = strided_logits(tiny, other, L, c, s, G)
+            same = torch.equal(changed[0, gen[:, k]], base[0, gen[:, k]])
+            assert same != visible, f"token {j} {'should' if visible else 'should not'} reach block {k}"
+        # a token of another block never reaches block k
+        other = seq.clone()
+        other[0, gen[0, k + 1]] += 1
+        assert torch.equal(strided_logits(tiny, other, L, c, s, G)[0, gen[:, k]], base[0, gen[:, k]])
+
+
+def test_greedy_strided_blocks_equal_per_prefix_greedy_decoding(tiny):
+    L, c, s, G = 38, 8, 8, 6
+    g = torch.Generator().manual_seed(1)
+    chunks = torch.randint(0, 49152, (2, L), generator=g)
+    blocks = strided.sample_blocks(tiny, chunks, c, s, G, temperature=0.0)
+    for b in range(2):
+        for k in range(blocks.shape[1]):
+            seq = chunks[b : b + 1, : c + k * s]
+            for _ in range(G):
+                with torch.no_grad():
+                    nxt = tiny(input_ids=seq).logits[0, -1].argmax()
+                seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
+            assert blocks[b, k].tolist() == seq[0, c + k * s :].tolist()
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_cached_and_uncached_samplers_draw_identical_tokens(tiny, top_p):
+    L, c, s, G = 48, 8, 8, 8
+    chunks = torch.randint(0, 49152, (2, L), generator=torch.Generator().manual_seed(2)).repeat_interleave(3, dim=0)
+    draws = [
+        strided.sample_blocks(
+            tiny,
+            chunks,
+            c,
+            s,
+            G,
+            temperature=1.0,
+            top_p=top_p,
+            use_cache=cached,
+            generator=torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        for cached in (True, False)
+    ]
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0][0], draws[0][1])  # copies of a chunk are sampled independently
+
+
+@pytest.mark.slow
+def test_cached_and_uncached_samplers_agree_on_smollm2(smollm2_dir):
+    model = load_causal_lm(smollm2_dir).eval()
+    from ebft.models import load_tokenizer
+
+    tok = load_tokenizer(smollm2_dir)
+    text = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n" * 3
+    chunk = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][:64]]).repeat(2, 1)
+    draws = [
+        strided.sample_blocks(
+            model, chunk, 8, 8, 8, temperature=0.6, use_cache=cached, generator=torch.Generator().manual_seed(0)
+        )  # fmt: skip
+        for cached in (True, False)
+    ]
+    assert torch.equal(draws[0], draws[1])
+
+
+def test_sampler_options_are_checked(tiny):
+    chunks = torch.zeros(1, 16, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature"):
+        strided.sample_blocks(tiny, chunks, 4, 4, 4, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        strided.sample_blocks(tiny, chunks, 4, 4, 4, temperature=1.0, top_p=0.0)
