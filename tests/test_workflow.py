@@ -32,7 +32,8 @@ def job_stats(output: str) -> dict[str, int]:
 )
 def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
-    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "eval_ce": 6, "report": 1, "all": 1}
+    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "train_ebft": 3, "eval_ce": 9,
+                     "eval_fm": 9, "report": 1, "all": 1}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -44,15 +45,18 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     assert (root / "runs/sft/qa_code/model/config.json").is_file()
     assert not (root / "data/translation").exists()
 
-    # 2. The whole DAG completes and reports base and SFT on every task.
+    # 2. The whole DAG completes and reports base, SFT and EBFT on every task.
     snakemake(cli_env, tmp_path)
     df = pd.read_csv(root / "metrics.csv")
     assert set(zip(df.task, df.method, strict=True)) == {
-        (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft")
+        (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft", "ebft")
     }
-    assert set(df.metric) == {"val_ce", "val_ce_answer"} and df.value.notna().all()
+    assert set(df.metric) == {"val_ce", "val_ce_answer", "fm_loss"} and df.value.notna().all()
     assert "| translation |" in (root / "tables/main.md").read_text()
     assert (root / "figures/val_ce.png").stat().st_size > 1000
+    assert (root / "figures/fm_loss.png").stat().st_size > 1000
+    resolved = (root / "runs/ebft/translation/resolved_config.yaml").read_text()
+    assert "c: 4" in resolved and "s: 2" in resolved and "pooling: mean" in resolved  # the task's layout
 
     # 3. A second run has nothing to do.
     assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
@@ -63,7 +67,8 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     snakemake(cli_env, tmp_path)
     assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
     shutil.rmtree(root / "runs/sft/unstructured_code/model")
-    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "report": 1, "all": 1}
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "eval_fm": 1, "report": 1,
+                                                             "all": 1}  # fmt: skip
 
     # 5. Snakemake's HTML report contains the figure.
     snakemake(cli_env, tmp_path, "--report", str(tmp_path / "report.html"))

@@ -1,0 +1,111 @@
+"""EBFT trainer: log-prob positions, block validity, a smoke run, exact resume after a kill, refused options."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from ebft import strided
+from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource, build
+from ebft.data import human_eval_split
+from ebft.errors import ConfigError, UserError
+from ebft.packing import pack_examples
+from ebft.trainer import block_valid, generated_logprobs, kl_penalty, strided_forward, train_ebft
+
+
+@pytest.fixture(scope="module")
+def records():
+    return human_eval_split(HumanEvalSource(heldout=64), 43)[0][:10]
+
+
+def test_log_prob_of_each_generated_token_comes_from_its_predictor(tiny_model_dir):
+    from ebft.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model_dir).eval()
+    L, c, s, G = 19, 4, 4, 3
+    NB = strided.num_blocks(L, c, s, G)
+    g = torch.Generator().manual_seed(0)
+    chunk = torch.randint(0, 49152, (1, L), generator=g)
+    blocks = torch.randint(0, 49152, (1, NB, G), generator=g)
+    seq = strided.strided_sequence(chunk, blocks)
+    with torch.no_grad():
+        logp = generated_logprobs(strided_forward(model, seq, L, c, s, G), seq, L, c, s, G, temperature=0.5)
+        for k in range(NB):
+            own = torch.cat([chunk[:, : c + k * s], blocks[:, k]], dim=1)  # the block as a plain sequence
+            ref = torch.log_softmax(model(input_ids=own).logits[0] / 0.5, dim=-1)
+            for t in range(G):
+                expected = ref[c + k * s - 1 + t, blocks[0, k, t]]
+                assert math.isclose(logp[0, k, t].item(), expected.item(), abs_tol=1e-4), (k, t)
+
+
+def test_blocks_touching_padding_or_questions_are_not_valid():
+    packed = pack_examples([([1, 2, 3, 4], [5, 6, 7, 8, 9, 10])], eos_id=0, pad_id=0, chunk_length=12)
+    # stream of 10 tokens + 2 pads; c = s = G = 2 → blocks cover [2,4), [4,6), [6,8), [8,10), [10,12)
+    assert block_valid(packed, 2, 2, 2, answer_only=False).tolist() == [[True, True, True, True, False]]
+    assert block_valid(packed, 2, 2, 2, answer_only=True).tolist() == [[False, True, True, True, False]]
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    r = ref - logp
+    torch.testing.assert_close(kl_penalty(logp, ref, "k1"), -r)
+    torch.testing.assert_close(kl_penalty(logp, ref, "k2"), r**2 / 2)
+    torch.testing.assert_close(kl_penalty(logp, ref, "k3"), torch.exp(r) - 1 - r)
+    assert (kl_penalty(logp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError, match="k4"):
+        kl_penalty(logp, ref, "k4")
+
+
+def run(tiny_model_dir, records, out, **kw):
+    settings = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "max_steps": 3,
+                "checkpoint_every": 1, **{k: v for k, v in kw.items() if k != "halt_after"}}  # fmt: skip
+    cfg = EBFTConfig(**settings)
+    return train_ebft(base_dir=tiny_model_dir, start_dir=tiny_model_dir, train_records=records, chunk_length=64,
+                      finetune=FinetuneConfig(), cfg=cfg, precision="fp32", seed=7, out=out,
+                      halt_after=kw.get("halt_after"))  # fmt: skip
+
+
+def trainable_weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "adapter" / "adapter_model.safetensors")
+
+
+def test_three_step_smoke_run_changes_weights_and_writes_every_output(tiny_model_dir, records, tmp_path):
+    summary = run(tiny_model_dir, records, tmp_path)
+    assert summary["steps"] == 3
+    rows = list(csv.DictReader((tmp_path / "train_metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    for r in rows:
+        assert all(math.isfinite(float(r[k])) for k in ("reward", "ce", "policy_loss", "loss", "grad_norm"))
+    assert (tmp_path / "checkpoint/state.pt").is_file() and (tmp_path / "train_summary.json").is_file()
+    adapter = trainable_weights(tmp_path)
+    assert any(("lora_B" in k) and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero
+    assert json.loads((tmp_path / "train_summary.json").read_text())["feature_network"].startswith("policy")
+
+
+def test_a_killed_run_resumed_from_its_checkpoint_ends_with_identical_weights(tiny_model_dir, records, tmp_path):
+    run(tiny_model_dir, records, tmp_path / "straight")
+    halted = run(tiny_model_dir, records, tmp_path / "killed", halt_after=2)
+    assert halted == {"steps": 2, "halted": True}
+    assert not (tmp_path / "killed/adapter").exists()
+    run(tiny_model_dir, records, tmp_path / "killed")  # restart: resumes at step 2
+    a, b = trainable_weights(tmp_path / "straight"), trainable_weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((tmp_path / "killed/train_metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+
+
+def test_refused_options(tiny_model_dir, records, tmp_path):
+    with pytest.raises(ConfigError, match="β > 0 needs n ≥ 3"):
+        build(EBFTConfig, {"beta": 0.5, "n": 2}, "ebft")
+    with pytest.raises(ConfigError, match="'ebft.pooling' is 'max'"):
+        build(EBFTConfig, {"pooling": "max"}, "ebft")
+    with pytest.raises(ConfigError, match="'ebft.temperature'"):
+        build(EBFTConfig, {"temperature": 0.0}, "ebft")
+    with pytest.raises(UserError, match="document_mask"):
+        run(tiny_model_dir, records, tmp_path, document_mask=True)
+    with pytest.raises(ValueError, match="does not divide"):
+        run(tiny_model_dir, records, tmp_path, s=5)
