@@ -132,6 +132,7 @@ def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dic
         accelerator.backward(loss)
         total_nll += float(nll_sum.detach().sum())
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -140,7 +141,7 @@ def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dic
     return {
         "loss": total_nll / max(n_targets, 1),
         "targets": n_targets,
-        "lr": scheduler.get_last_lr()[0],
+        "lr": lr,
         "grad_norm": float(grad_norm),
         "step_time_s": round(dt, 4),
         "tokens_per_s": round(n_tokens / dt, 1),

@@ -157,7 +157,7 @@ def train_ebft(
             row = _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
                              valid_blocks[index], cfg, derive_seed(seed, step, 1))  # fmt: skip
             step += 1
-            row.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+            row.update(step=step, epoch=epoch)
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(row)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
@@ -235,6 +235,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
         loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -250,7 +251,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
         "reward": masked_mean(reward), "alignment": masked_mean(alignment), "diversity": masked_mean(diversity),
         "fm_estimate": masked_mean(alignment - diversity / 2), "ce": float(ce.detach()),
         "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
-        "grad_norm": float(grad_norm), "valid_blocks": int(valid.sum()),
+        "grad_norm": float(grad_norm), "valid_blocks": int(valid.sum()), "lr": lr,
         "rollout_tokens_per_s": round(B * n * NB * G / max(sample_s, 1e-9), 1), "sample_s": round(sample_s, 3),
         "step_time_s": round(time.time() - t0, 3),
     }  # fmt: skip

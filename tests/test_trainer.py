@@ -109,3 +109,33 @@ def test_refused_options(tiny_model_dir, records, tmp_path):
         run(tiny_model_dir, records, tmp_path, document_mask=True)
     with pytest.raises(ValueError, match="does not divide"):
         run(tiny_model_dir, records, tmp_path, s=5)
+
+
+def test_sft_warm_start_keeps_the_base_model_as_feature_network(tiny_model_dir, records, tmp_path):
+    import shutil
+
+    start = tmp_path / "sft_checkpoint"
+    shutil.copytree(tiny_model_dir, start)  # stands in for an SFT checkpoint
+    cfg = EBFTConfig(n=3, batch_size=2, max_steps=1, init="sft")
+    summary = train_ebft(base_dir=tiny_model_dir, start_dir=start, train_records=records, chunk_length=64,
+                         finetune=FinetuneConfig(), cfg=cfg, precision="fp32", seed=0, out=tmp_path / "run")  # fmt: skip
+    assert summary["feature_network"] == "frozen base copy"
+
+
+def test_kl_to_the_starting_policy_is_zero_at_first_and_positive_after_an_update(tiny_model_dir, records, tmp_path):
+    run(tiny_model_dir, records, tmp_path, kl_coef=0.1, kl_estimator="k3", max_steps=2, lr=1e-2, warmup_ratio=0.0)
+    rows = list(csv.DictReader((tmp_path / "train_metrics.csv").open()))
+    assert [float(r["lr"]) for r in rows] == [1e-2, 1e-2]
+    kl = [float(r["kl"]) for r in rows]
+    assert kl[0] == 0.0 and kl[1] > 0  # LoRA starts exactly at the reference
+
+
+def test_tensorboard_is_honoured_or_refused(tiny_model_dir, records, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(UserError, match="tensorboard package"):
+            run(tiny_model_dir, records, tmp_path, tensorboard=True, max_steps=1)
+    else:
+        run(tiny_model_dir, records, tmp_path, tensorboard=True, max_steps=1)
+        assert any((tmp_path / "tensorboard").iterdir())
