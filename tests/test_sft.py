@@ -51,7 +51,8 @@ def test_sft_is_reproducible_for_a_seed(tmp_path, tiny_model_dir, records):
 
 
 @pytest.mark.slow
-def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_model_dir, cli_env):
+@pytest.mark.parametrize("method", ["sft", "ebft"])
+def test_training_runs_data_parallel_under_torchrun(tmp_path, tiny_model_dir, cli_env, method):
     """Two CPU processes (gloo): one optimiser step per batch on each shard, files written once."""
     import json
     import shutil
@@ -62,7 +63,7 @@ def test_sft_runs_data_parallel_under_torchrun(tmp_path, tiny_model_dir, cli_env
     data.mkdir()
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records_for_ddp()))
     cmd = [torchrun, "--nproc_per_node", "2", "-m", "ebft.cli", "train", "--config", "config/smoke.yaml",
-           "--method", "sft", "--task", "qa_code", "--model-dir", str(tiny_model_dir), "--data-dir", str(data),
+           "--method", method, "--task", "qa_code", "--model-dir", str(tiny_model_dir), "--data-dir", str(data),
            "--out", str(tmp_path / "run")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
