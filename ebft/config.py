@@ -204,7 +204,7 @@ class EBFTConfig:
     whitening: Literal["paper", "released", "none"] = "paper"
     pooling: Literal["last_token", "mean"] = "last_token"
     feature_layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    document_mask: bool = False  # attention confined to each packed document (not implemented yet: refused)
+    document_mask: bool = False  # confine attention to each packed document (the released configs do not)
     answer_only: bool = False  # only blocks whose ground truth lies inside an answer get a gradient
     init: Literal["base", "sft"] = "base"  # start from the base model or the SFT checkpoint (features: base)
     use_cache: bool = True  # KV-cached strided sampler (False: the released uncached reference)

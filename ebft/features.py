@@ -75,13 +75,14 @@ def backbone(model):
 
 @torch.no_grad()
 def strided_features(
-    net, seq: torch.Tensor, L: int, c: int, s: int, G: int, *, layers: list[float], pooling: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+    net, seq: torch.Tensor, L: int, c: int, s: int, G: int, *, layers: list[float], pooling: str,
+    documents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Ground-truth and generated block features (B, NB, D) from one forward of ``net`` over seq (B, S)."""
     B, S = seq.shape
-    mask = strided.attention_mask(L, c, s, G).to(seq.device)
+    mask = strided.layout_mask(L, c, s, G, documents=documents).to(seq.device)
     pos = strided.position_ids(L, c, s, G).to(seq.device)
-    out = backbone(net)(input_ids=seq, attention_mask=mask[None, None].expand(B, 1, S, S),
-                        position_ids=pos[None].expand(B, S), output_hidden_states=True, use_cache=False)  # fmt: skip
+    out = backbone(net)(input_ids=seq, attention_mask=mask.expand(B, 1, S, S), position_ids=pos[None].expand(B, S),
+                        output_hidden_states=True, use_cache=False)  # fmt: skip
     idx = layer_indices(len(out.hidden_states) - 1, layers)
     return pool_blocks(token_features(out.hidden_states, idx), L, c, s, G, pooling)

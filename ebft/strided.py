@@ -58,6 +58,34 @@ def position_ids(L: int, c: int, s: int, G: int) -> torch.Tensor:
     return torch.cat([torch.arange(L), c + k * s + t])
 
 
+def strided_documents(documents: torch.Tensor, L: int, c: int, s: int, G: int) -> torch.Tensor:
+    """Document id of every strided position (B, S): the chunk's own, then each block's anchor x[c + k·s − 1]."""
+    NB = num_blocks(L, c, s, G)
+    anchors = documents[:, c + torch.arange(NB, device=documents.device) * s - 1]  # (B, NB)
+    return torch.cat([documents, anchors.repeat(1, G)], dim=1)  # step-major, like the tokens
+
+
+def layout_mask(
+    L: int, c: int, s: int, G: int, *, documents: torch.Tensor | None = None, rows: slice = slice(None),
+    cols: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The 4-D boolean mask a model takes, for query ``rows`` and the first ``cols`` keys: (1 or B, 1, R, C).
+
+    With ``documents`` (B, L), attention is also confined to one document: a prompt token sees only its own
+    document, and block k only the part of its prefix in the document of its anchor x[c + k·s − 1].
+    """
+    base = attention_mask(L, c, s, G)[rows, :cols]
+    if documents is None:
+        return base[None, None]
+    d = strided_documents(documents, L, c, s, G)  # (B, S)
+    return (base.to(documents.device)[None] & (d[:, rows, None] == d[:, None, :cols]))[:, None]
+
+
+def _expand(mask: torch.Tensor, B: int, device) -> torch.Tensor:
+    mask = mask.to(device)
+    return mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask
+
+
 def predictor_index(L: int, c: int, s: int, G: int) -> torch.Tensor:
     """(G, NB) long: index of the position whose logits predict generated token (t, k).
 
@@ -103,53 +131,66 @@ def _check(temperature: float, top_p: float) -> None:
 
 @torch.no_grad()
 def sample_blocks(
-    model, chunks: torch.Tensor, c: int, s: int, G: int, *, temperature: float, top_p: float = 1.0,
-    generator: torch.Generator | None = None, use_cache: bool = True,
-) -> torch.Tensor:  # fmt: skip
-    """Sample G tokens for every block of every chunk: (B, L) → (B, NB, G) long."""
+    model,
+    chunks: torch.Tensor,
+    c: int,
+    s: int,
+    G: int,
+    *,
+    temperature: float,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    documents: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample G tokens for every block of every chunk: (B, L) → (B, NB, G) long.
+
+    ``documents`` (B, L), optional: the packed document of each token, to confine attention to one document.
+    """
     _check(temperature, top_p)
     B, L = chunks.shape
     NB = num_blocks(L, c, s, G)
     sampler = _sample_cached if use_cache else _sample_uncached
-    return sampler(model, chunks, c, s, G, NB, temperature, top_p, generator)
+    return sampler(model, chunks, c, s, G, NB, temperature, top_p, generator, documents)
 
 
-def _sample_uncached(model, chunks, c, s, G, NB, temperature, top_p, generator):
+def _sample_uncached(model, chunks, c, s, G, NB, temperature, top_p, generator, documents):
     B, L = chunks.shape
     device = chunks.device
-    mask = attention_mask(L, c, s, G).to(device)
     pos = position_ids(L, c, s, G).to(device)
     pred = predictor_index(L, c, s, G).to(device)
     seq = chunks
     for t in range(G):
         n = L + t * NB
-        logits = model(
-            input_ids=seq,
-            attention_mask=mask[None, None, :n, :n].expand(B, 1, n, n),
-            position_ids=pos[None, :n].expand(B, n),
-            use_cache=False,
-        ).logits  # (B, n, V)
-        step_logits = logits[:, pred[t]]  # (B, NB, V)
+        mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=slice(0, n), cols=n), B, device)
+        logits = model(input_ids=seq, attention_mask=mask, position_ids=pos[None, :n].expand(B, n), use_cache=False)
+        step_logits = logits.logits[:, pred[t]]  # (B, NB, V)
         tokens = _draw(step_logits.reshape(B * NB, -1), temperature, top_p, generator).view(B, NB)
         seq = torch.cat([seq, tokens], dim=1)
     return seq[:, L:].view(B, G, NB).transpose(1, 2).contiguous()
 
 
-def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator):
+def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, documents):
     from transformers import DynamicCache
 
     B, L = chunks.shape
     device = chunks.device
-    mask = attention_mask(L, c, s, G).to(device)
     pos = position_ids(L, c, s, G).to(device)
     # Prefill each distinct chunk once (the n rollouts of a chunk are copies), then expand the cache to all rows.
-    unique, inverse = torch.unique(chunks, dim=0, return_inverse=True)
-    cache = DynamicCache(config=model.config)
+    key = chunks if documents is None else torch.cat([chunks, documents], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     U = unique.shape[0]
-    prefill_pos = c + torch.arange(NB, device=device) * s - 1  # the positions predicting step 0
-    out = model(input_ids=unique, attention_mask=mask[None, None, :L, :L].expand(U, 1, L, L),
-                position_ids=pos[None, :L].expand(U, L), cache=cache, use_cache=True,
-                logits_to_keep=prefill_pos)  # fmt: skip
+    unique_docs = None if documents is None else unique[:, L:]
+    prefill_mask = _expand(layout_mask(L, c, s, G, documents=unique_docs, rows=slice(0, L), cols=L), U, device)
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=unique[:, :L],
+        attention_mask=prefill_mask,
+        position_ids=pos[None, :L].expand(U, L),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=c + torch.arange(NB, device=device) * s - 1,  # the positions predicting step 0
+    )
     if U != B:
         cache.reorder_cache(inverse)  # row b of the batch gets the keys and values of its chunk
     step_logits = out.logits[inverse]  # (B, NB, V)
@@ -160,8 +201,14 @@ def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator):
         if t == G - 1:
             break
         rows = slice(L + t * NB, L + (t + 1) * NB)  # the strided indices of step t's tokens
-        step_mask = mask[None, None, rows, : L + (t + 1) * NB].expand(B, 1, NB, L + (t + 1) * NB)
-        out = model(input_ids=tokens, attention_mask=step_mask, position_ids=pos[None, rows].expand(B, NB),
-                    cache=cache, use_cache=True)  # fmt: skip
+        keys = L + (t + 1) * NB
+        step_mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=rows, cols=keys), B, device)
+        out = model(
+            input_ids=tokens,
+            attention_mask=step_mask,
+            position_ids=pos[None, rows].expand(B, NB),
+            cache=cache,
+            use_cache=True,
+        )
         step_logits = out.logits  # (B, NB, V)
     return torch.stack(blocks, dim=2)  # (B, NB, G)

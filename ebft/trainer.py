@@ -19,7 +19,8 @@ Objective per rollout batch of B chunks, each copied n times (train batch B·n s
   exactly as an uninterrupted one; dropout is 0.
 
 Differences from the released code: none in the update; the sampler uses a KV cache (identical tokens in fp32) unless
-``use_cache: false``; document masking is not implemented yet and is refused.
+``use_cache: false``. With ``document_mask`` attention is confined to each packed document (the released configs
+leave it off), and blocks whose ground truth leaves its anchor's document get no gradient.
 """
 
 from __future__ import annotations
@@ -55,14 +56,18 @@ def derive_seed(*parts: int) -> int:
     return h
 
 
-def block_valid(chunks: PackedChunks, c: int, s: int, G: int, answer_only: bool) -> torch.Tensor:
-    """(B, NB) bool: block k's ground truth x[c+k·s : c+k·s+G] is all real tokens (and all answer tokens)."""
+def block_valid(chunks: PackedChunks, c: int, s: int, G: int, answer_only: bool, document_mask: bool = False):
+    """(B, NB) bool: block k's ground truth x[c+k·s : c+k·s+G] is all real tokens (and all answer tokens; and, with
+    document masking, all in the document of its anchor x[c+k·s−1])."""
     L = chunks.input_ids.shape[1]
     NB = strided.num_blocks(L, c, s, G)
     idx = c + torch.arange(NB)[:, None] * s + torch.arange(G)[None, :]  # (NB, G)
     ok = chunks.valid[:, idx].all(dim=-1)
     if answer_only:
         ok &= chunks.answer[:, idx].all(dim=-1)
+    if document_mask:
+        anchor = chunks.document[:, c + torch.arange(NB) * s - 1]  # (B, NB)
+        ok &= (chunks.document[:, idx] == anchor[..., None]).all(dim=-1)
     return ok
 
 
@@ -87,12 +92,12 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
 
 
-def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int):
+def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None):
     B, S = seq.shape
-    mask = strided.attention_mask(L, c, s, G).to(seq.device)
+    mask = strided.layout_mask(L, c, s, G, documents=documents).to(seq.device)
     pos = strided.position_ids(L, c, s, G).to(seq.device)
-    return model(input_ids=seq, attention_mask=mask[None, None].expand(B, 1, S, S),
-                 position_ids=pos[None].expand(B, S), use_cache=False).logits  # fmt: skip
+    return model(input_ids=seq, attention_mask=mask.expand(B, 1, S, S), position_ids=pos[None].expand(B, S),
+                 use_cache=False).logits  # fmt: skip
 
 
 def train_ebft(
@@ -106,8 +111,6 @@ def train_ebft(
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    if cfg.document_mask:
-        raise UserError("ebft.document_mask: true is not implemented yet; set it to false.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,7 +122,7 @@ def train_ebft(
     tokenizer = load_tokenizer(start_dir)
     chunks = pack_records(train_records, tokenizer, chunk_length)
     strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
-    valid_blocks = block_valid(chunks, c, s, G, cfg.answer_only)  # (N, NB)
+    valid_blocks = block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
 
     policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout), finetune)
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
@@ -189,6 +192,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     device = accelerator.device
     B, L = batch.input_ids.shape
     chunks = batch.input_ids.to(device).repeat_interleave(n, dim=0)  # (B·n, L): n copies of each chunk
+    docs = batch.document.to(device).repeat_interleave(n, dim=0) if cfg.document_mask else None  # (B·n, L)
     model = accelerator.unwrap_model(policy)
     generator = torch.Generator(device=device).manual_seed(sample_seed)
     with accelerator.autocast():
@@ -202,13 +206,15 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
             top_p=cfg.top_p,
             generator=generator,
             use_cache=cfg.use_cache,
+            documents=docs,
         )  # (B·n, NB, G)
     sample_s = time.time() - t0
     seq = strided.strided_sequence(chunks, blocks)  # (B·n, S)
     NB = blocks.shape[1]
 
     with accelerator.autocast(), feature_network(model, frozen) as net:
-        gt_feat, gen_feat = strided_features(net, seq, L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling)
+        gt_feat, gen_feat = strided_features(net, seq, L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
+                                             documents=docs)  # fmt: skip
     gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
     gt_feat = gt_feat.view(B, n, NB, -1)[:, 0]  # (B, NB, D): identical across copies
     scores = [feature_rewards(gen_feat[b], gt_feat[b], alpha=cfg.alpha, beta=cfg.beta, whitening=cfg.whitening)
@@ -222,7 +228,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     token_keep = keep.reshape(B * n, NB, 1).expand(B * n, NB, G).float()  # (B·n, NB, G)
 
     with accelerator.autocast():
-        logits = strided_forward(policy, seq, L, c, s, G)  # (B·n, S, V)
+        logits = strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
         logp = generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
         per_seq_tokens = token_keep.sum(dim=(1, 2)).clamp_min(1)
         policy_loss = (-(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
@@ -230,7 +236,8 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
         kl = torch.zeros((), device=device)
         if cfg.kl_coef > 0:
             with torch.no_grad(), feature_network(model, kl_ref) as ref:
-                ref_logp = generated_logprobs(strided_forward(ref, seq, L, c, s, G), seq, L, c, s, G, cfg.temperature)
+                ref_logits = strided_forward(ref, seq, L, c, s, G, docs)
+                ref_logp = generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
             kl = ((kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
         loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
     accelerator.backward(loss)

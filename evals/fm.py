@@ -3,7 +3,8 @@
 For each held-out chunk, n rollouts per block from the model under test (strided sampler, the task's c/s/G and
 sampling temperature, a fixed seed shared by every model), features from the frozen base model, unwhitened:
 ``fm_loss = −mean over valid blocks and rollouts of (alignment − diversity/2)``. With unit-norm features this is
-the unbiased estimate of ‖E φ(ŷ) − φ(y)‖² minus ‖φ(y)‖², so lower is better and differences between models are
+the unbiased estimate of ‖E φ(ŷ) − φ(y)‖² minus ‖φ(y)‖², so lower is better (with the task's answer-only and
+document masking settings) and differences between models are
 differences in the conditional feature-matching loss. 95 % interval by bootstrap over chunks.
 """
 
@@ -33,17 +34,21 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
     chunks = pack_records(records, load_tokenizer(base_dir), chunk_length)
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))
-    valid = block_valid(chunks, c, s, G, ebft.answer_only)  # (N, NB)
+    valid = block_valid(chunks, c, s, G, ebft.answer_only, ebft.document_mask)  # (N, NB)
     sums, counts = [], []
     for start in range(0, len(chunks), cfg.batch_size):
         batch = chunks.subset(slice(start, start + cfg.batch_size))
         B, L = batch.input_ids.shape
         rep = batch.input_ids.to(device).repeat_interleave(n, dim=0)
+        docs = batch.document.to(device).repeat_interleave(n, dim=0) if ebft.document_mask else None
         generator = torch.Generator(device=device).manual_seed(derive_seed(seed, start))
-        blocks = strided.sample_blocks(model, rep, c, s, G, temperature=ebft.temperature, top_p=ebft.top_p,
-                                       generator=generator)  # fmt: skip
-        gt, gen = strided_features(features, strided.strided_sequence(rep, blocks), L, c, s, G,
-                                   layers=ebft.feature_layers, pooling=ebft.pooling)  # fmt: skip
+        blocks = strided.sample_blocks(
+            model, rep, c, s, G, temperature=ebft.temperature, top_p=ebft.top_p, generator=generator, documents=docs
+        )
+        seq = strided.strided_sequence(rep, blocks)
+        gt, gen = strided_features(
+            features, seq, L, c, s, G, layers=ebft.feature_layers, pooling=ebft.pooling, documents=docs
+        )
         NB = blocks.shape[1]
         gen, gt = gen.view(B, n, NB, -1), gt.view(B, n, NB, -1)[:, 0]
         for b in range(B):

@@ -42,6 +42,19 @@ def test_mask_and_positions_equal_a_loop_built_reference(L, c, s, G):
     assert torch.equal(strided.position_ids(L, c, s, G), pos)
 
 
+def test_document_mask_confines_attention_to_one_document():
+    L, c, s, G = 12, 2, 2, 2  # NB = 5
+    docs = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2]])
+    mask = strided.layout_mask(L, c, s, G, documents=docs)[0, 0]
+    base, _ = reference_layout(L, c, s, G)
+    d = strided.strided_documents(docs, L, c, s, G)[0]
+    assert d[L:].tolist() == [docs[0, c + k * s - 1].item() for k in range(5)] * G
+    for q in range(mask.shape[0]):
+        for kv in range(mask.shape[1]):
+            assert bool(mask[q, kv]) == (bool(base[q, kv]) and d[q] == d[kv])
+    assert mask.any(dim=-1).all()  # every row sees at least itself
+
+
 @pytest.mark.parametrize("L,c,s,G", [(16, 4, 3, 4), (10, 8, 1, 4), (20, 4, 0, 4)])
 def test_layouts_where_the_stride_does_not_fit_are_refused(L, c, s, G):
     with pytest.raises(ValueError, match="s|L ≥ c \\+ G"):
@@ -149,6 +162,25 @@ def test_cached_and_uncached_samplers_agree_on_smollm2(smollm2_dir):
         for cached in (True, False)
     ]
     assert torch.equal(draws[0], draws[1])
+
+
+def test_samplers_agree_with_documents_and_ignore_other_documents(tiny):
+    L, c, s, G = 32, 8, 4, 4
+    g = torch.Generator().manual_seed(5)
+    chunks = torch.randint(0, 49152, (2, L), generator=g).repeat_interleave(2, dim=0)
+    docs = (torch.arange(L) >= 13).long()[None].expand(4, L).contiguous()  # document 1 starts at token 13
+    kw = dict(temperature=1.0, documents=docs)
+    a = strided.sample_blocks(tiny, chunks, c, s, G, use_cache=True, generator=torch.Generator().manual_seed(6), **kw)
+    b = strided.sample_blocks(tiny, chunks, c, s, G, use_cache=False, generator=torch.Generator().manual_seed(6), **kw)
+    assert torch.equal(a, b)
+    other = chunks.clone()
+    other[:, :13] = (other[:, :13] + 1) % 49152  # change all of document 0
+    greedy = dict(temperature=0.0, documents=docs)
+    before = strided.sample_blocks(tiny, chunks, c, s, G, **greedy)
+    after = strided.sample_blocks(tiny, other, c, s, G, **greedy)
+    later = [k for k in range(before.shape[1]) if c + k * s - 1 >= 13]  # blocks anchored in document 1
+    assert later and torch.equal(before[:, later], after[:, later])
+    assert not torch.equal(before[:, : later[0]], after[:, : later[0]])
 
 
 def test_sampler_options_are_checked(tiny):

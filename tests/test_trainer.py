@@ -47,6 +47,21 @@ def test_blocks_touching_padding_or_questions_are_not_valid():
     assert block_valid(packed, 2, 2, 2, answer_only=True).tolist() == [[False, True, True, True, False]]
 
 
+def test_document_masking_invalidates_blocks_that_leave_their_document():
+    packed = pack_examples([([1, 2], [3, 4]), ([5, 6], [7, 8])], eos_id=0, pad_id=0, chunk_length=10)
+    # stream 1 2 3 4 EOS 5 6 7 8 pad; documents 0 0 0 0 0 1 1 1 1 -1; c = s = 1, G = 2 → block k is anchored at
+    # token k and predicts tokens k+1, k+2: blocks 3 and 4 (anchored in document 0) would predict document 1
+    assert block_valid(packed, 1, 1, 2, answer_only=False, document_mask=True).tolist() == [
+        [True, True, True, False, False, True, True, False]
+    ]
+    assert block_valid(packed, 1, 1, 2, answer_only=False).tolist() == [[True] * 7 + [False]]
+
+
+def test_a_run_with_document_masking(tiny_model_dir, records, tmp_path):
+    summary = run(tiny_model_dir, records, tmp_path, document_mask=True, max_steps=1)
+    assert summary["steps"] == 1 and summary["ebft"]["document_mask"] is True
+
+
 def test_kl_estimators():
     logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
     r = ref - logp
@@ -105,8 +120,6 @@ def test_refused_options(tiny_model_dir, records, tmp_path):
         build(EBFTConfig, {"pooling": "max"}, "ebft")
     with pytest.raises(ConfigError, match="'ebft.temperature'"):
         build(EBFTConfig, {"temperature": 0.0}, "ebft")
-    with pytest.raises(UserError, match="document_mask"):
-        run(tiny_model_dir, records, tmp_path, document_mask=True)
     with pytest.raises(ValueError, match="does not divide"):
         run(tiny_model_dir, records, tmp_path, s=5)
 
