@@ -180,10 +180,8 @@ class SFTConfig:
     log_every: int = 1
 
     def __post_init__(self):
-        _positive(self, "lr", "batch_size", "grad_accum", "max_steps", "epochs", "log_every")
-        _unit_interval(self, "warmup_ratio")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
+        _positive(self, "batch_size", "grad_accum", "max_steps", "epochs", "log_every")
+        _check_optimiser(self)
 
 
 @dataclass
@@ -222,7 +220,8 @@ class EBFTConfig:
     tensorboard: bool = False
 
     def __post_init__(self):
-        _positive(self, "c", "s", "G", "n", "lr", "batch_size", "max_steps", "epochs", "checkpoint_every", "log_every")
+        _positive(self, "c", "s", "G", "n", "batch_size", "max_steps", "epochs", "checkpoint_every", "log_every")
+        _check_optimiser(self)
         if self.temperature <= 0:
             raise _FieldError("temperature", "on-policy training samples, so it must be positive")
         if not 0 < self.top_p <= 1:
@@ -235,9 +234,6 @@ class EBFTConfig:
             raise _FieldError("alpha", "alpha, beta, gamma and kl_coef must be ≥ 0")
         if not self.feature_layers or not all(0 < q <= 1 for q in self.feature_layers):
             raise _FieldError("feature_layers", "give depth fractions in (0, 1], e.g. [0.25, 0.5, 0.75]")
-        _unit_interval(self, "warmup_ratio")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
 
 
 @dataclass
@@ -418,6 +414,16 @@ def _positive(obj, *names):
         v = getattr(obj, n)
         if v is not None and v <= 0:
             raise _FieldError(n, "it must be positive")
+
+
+def _check_optimiser(obj) -> None:
+    """The AdamW and schedule settings SFTConfig and EBFTConfig share."""
+    _positive(obj, "lr", "grad_clip")
+    _unit_interval(obj, "warmup_ratio")
+    if obj.weight_decay < 0:
+        raise _FieldError("weight_decay", "it must be ≥ 0")
+    if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
+        raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
 
 
 def _unit_interval(obj, *names):
