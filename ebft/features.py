@@ -79,10 +79,7 @@ def strided_features(
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Ground-truth and generated block features (B, NB, D) from one forward of ``net`` over seq (B, S)."""
-    B, S = seq.shape
-    mask = strided.layout_mask(L, c, s, G, documents=documents).to(seq.device)
-    pos = strided.position_ids(L, c, s, G).to(seq.device)
-    out = backbone(net)(input_ids=seq, attention_mask=mask.expand(B, 1, S, S), position_ids=pos[None].expand(B, S),
-                        output_hidden_states=True, use_cache=False)  # fmt: skip
+    inputs = strided.sequence_inputs(seq, L, c, s, G, documents)
+    out = backbone(net)(input_ids=seq, **inputs, output_hidden_states=True, use_cache=False)
     idx = layer_indices(len(out.hidden_states) - 1, layers)
     return pool_blocks(token_features(out.hidden_states, idx), L, c, s, G, pooling)

@@ -81,6 +81,14 @@ def layout_mask(
     return (base.to(documents.device)[None] & (d[:, rows, None] == d[:, None, :cols]))[:, None]
 
 
+def sequence_inputs(seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None) -> dict:
+    """Mask and position ids for one forward over whole strided sequences seq (B, S), as model keyword arguments."""
+    B, S = seq.shape
+    mask = layout_mask(L, c, s, G, documents=documents).to(seq.device)
+    pos = position_ids(L, c, s, G).to(seq.device)
+    return {"attention_mask": mask.expand(B, 1, S, S), "position_ids": pos[None].expand(B, S)}
+
+
 def _expand(mask: torch.Tensor, B: int, device) -> torch.Tensor:
     mask = mask.to(device)
     return mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask

@@ -93,11 +93,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
 
 
 def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None):
-    B, S = seq.shape
-    mask = strided.layout_mask(L, c, s, G, documents=documents).to(seq.device)
-    pos = strided.position_ids(L, c, s, G).to(seq.device)
-    return model(input_ids=seq, attention_mask=mask.expand(B, 1, S, S), position_ids=pos[None].expand(B, S),
-                 use_cache=False).logits  # fmt: skip
+    """Logits (B, S, V) of one forward over whole strided sequences."""
+    return model(input_ids=seq, **strided.sequence_inputs(seq, L, c, s, G, documents), use_cache=False).logits
 
 
 def train_ebft(
@@ -221,6 +218,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
               for b in range(B)]  # fmt: skip
     alignment = torch.stack([r["alignment"] for r in scores])  # (B, n, NB)
     diversity = torch.stack([r["diversity"] for r in scores])
+    reward = torch.stack([r["reward"] for r in scores])
     adv = torch.stack([rloo_advantages(a, d, alpha=cfg.alpha, beta=cfg.beta) for a, d in zip(alignment, diversity,
                                                                                          strict=True)])  # fmt: skip
     keep = valid.to(device)[:, None, :].expand(B, n, NB)  # (B, n, NB)
@@ -253,7 +251,6 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     def masked_mean(x):
         return float((x.to(k.dtype) * k).sum() / denom)
 
-    reward = cfg.alpha * alignment - cfg.beta * diversity
     return {
         "reward": masked_mean(reward), "alignment": masked_mean(alignment), "diversity": masked_mean(diversity),
         "fm_estimate": masked_mean(alignment - diversity / 2), "ce": float(ce.detach()),
