@@ -53,47 +53,48 @@ def feature_rewards(gen: torch.Tensor, ref: torch.Tensor, *, alpha: float, beta:
     return {k: v.transpose(0, 1).to(gen.dtype) for k, v in out.items()}
 
 
-def _whitened(X: torch.Tensor, y: torch.Tensor, whitening: str):
-    """Gram matrix, dot products with the reference, and norms of the whitened features, per group."""
+def _whitened(X: torch.Tensor, y: torch.Tensor, whitening: str, *, fallback: bool = True):
+    """Gram matrix, dot products with the reference, and norms of the whitened features, all groups at once.
+
+    One batched thin SVD X_k = U S Vᵀ per group k; components with S ≤ CUTOFF·S_max are dropped (zeroed), so the
+    whitened rollouts are U Vᵀ. Runs on the features' device.
+    """
     NB, n, _ = X.shape
-    gram = torch.empty(NB, n, n, dtype=X.dtype)
-    dots = torch.empty(NB, n, dtype=X.dtype)
-    norms = torch.empty(NB, n, dtype=X.dtype)
-    ref_norm = torch.empty(NB, n, dtype=X.dtype)
-    for k in range(NB):
-        svd = _svd(X[k], released=whitening == "released")
-        if svd is None:  # released: left unwhitened after a failed retry
-            Xk = X[k]
-            gram[k], dots[k], norms[k] = Xk @ Xk.T, Xk @ y[k], Xk.norm(dim=-1)
-            ref_norm[k] = y[k].norm()
-            continue
-        U, S, Vh = svd  # U (n, r), S (r,), Vh (r, D): kept components only
-        gram[k] = U @ U.T  # whitened rollouts are U Vᵀ
-        norms[k] = U.norm(dim=-1)
-        if whitening == "paper":
-            coords = (Vh @ y[k]) / S  # (r,): the reference is y V S⁻¹ Vᵀ, i.e. coords in the basis Vᵀ
-            dots[k] = U @ coords
-            ref_norm[k] = coords.norm()
-        else:  # released: reference row j = w_j φ_y with w = U S⁻¹ Uᵀ 1
-            w = U @ ((U.T @ torch.ones(n, dtype=X.dtype)) / S)  # (n,)
-            dots[k] = w * (U @ (Vh @ y[k]))
-            ref_norm[k] = w.abs() * y[k].norm()
+    try:
+        U, S, Vh = torch.linalg.svd(X, full_matrices=False)  # (NB, n, r), (NB, r), (NB, r, D)
+    except RuntimeError:
+        if whitening == "released" and fallback:
+            return _released_per_group(X, y)
+        raise RuntimeError("SVD of the rollout features failed") from None
+    keep = S > CUTOFF * S.amax(dim=-1, keepdim=True)  # (NB, r)
+    U = U * keep[:, None, :]
+    inv_s = torch.where(keep, 1 / S.clamp_min(torch.finfo(S.dtype).tiny), torch.zeros_like(S))
+    gram = U @ U.transpose(1, 2)
+    norms = U.norm(dim=-1)
+    proj = (Vh @ y[:, :, None]).squeeze(-1)  # (NB, r): the reference in the basis Vᵀ
+    if whitening == "paper":
+        coords = proj * inv_s  # the whitened reference y V S⁻¹ Vᵀ, in the basis Vᵀ
+        dots = (U @ coords[:, :, None]).squeeze(-1)
+        ref_norm = coords.norm(dim=-1, keepdim=True).expand(NB, n)
+    else:  # released: reference row j = w_j φ_y with w = U S⁻¹ Uᵀ 1
+        w = U @ ((U.transpose(1, 2) @ torch.ones(NB, n, 1, dtype=X.dtype, device=X.device)) * inv_s[:, :, None])
+        w = w.squeeze(-1)  # (NB, n)
+        dots = w * (U @ proj[:, :, None]).squeeze(-1)
+        ref_norm = w.abs() * y.norm(dim=-1, keepdim=True)
     return gram, dots, norms, ref_norm
 
 
-def _svd(X: torch.Tensor, *, released: bool):
-    """Thin SVD of X (n, D) keeping singular values above CUTOFF·S_max; None when it fails (released variant)."""
-    tries = [X, X + 1e-6 * X.abs().mean() * torch.randn_like(X)] if released else [X]
-    for attempt in tries:
+def _released_per_group(X: torch.Tensor, y: torch.Tensor):
+    """The released code's fallback when an SVD fails: retry each group with tiny noise, else leave it unwhitened."""
+    parts = []
+    for k in range(X.shape[0]):
+        Xk, yk = X[k : k + 1], y[k : k + 1]
         try:
-            U, S, Vh = torch.linalg.svd(attempt, full_matrices=False)
+            parts.append(_whitened(Xk + 1e-6 * Xk.abs().mean() * torch.randn_like(Xk), yk, "released", fallback=False))
         except RuntimeError:
-            continue
-        keep = S > CUTOFF * S.max()
-        return U[:, keep], S[keep], Vh[keep]
-    if released:
-        return None
-    raise RuntimeError("SVD of the rollout features failed")
+            parts.append((Xk @ Xk.transpose(1, 2), (Xk @ yk[:, :, None]).squeeze(-1), Xk.norm(dim=-1),
+                          yk.norm(dim=-1, keepdim=True).expand(1, Xk.shape[1])))  # fmt: skip
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
 def rloo_advantages(alignment: torch.Tensor, diversity: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:

@@ -140,3 +140,21 @@ def test_cfm_identity_for_unit_features():
     pairs = sum(phi[i] @ phi[j] for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
     unbiased = pairs - 2 * (phi.mean(0) @ ref[0]) + ref[0] @ ref[0]
     torch.testing.assert_close(metric, ref[0] @ ref[0] - unbiased)
+
+
+def test_released_whitening_falls_back_per_group_when_the_batched_svd_fails(monkeypatch):
+    """The released code retries a failed SVD with tiny noise, group by group; the result matches the batched one."""
+    torch.manual_seed(0)
+    gen, ref = torch.randn(4, 5, 16), torch.randn(5, 16)
+    expected = feature_rewards(gen, ref, alpha=1.0, beta=0.5, whitening="released")
+    svd = torch.linalg.svd
+
+    def batched_fails(x, *args, **kwargs):
+        if x.shape[0] > 1:
+            raise RuntimeError("linalg.svd: the algorithm failed to converge")
+        return svd(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", batched_fails)
+    got = feature_rewards(gen, ref, alpha=1.0, beta=0.5, whitening="released")
+    for key in ("alignment", "diversity", "reward"):
+        torch.testing.assert_close(got[key], expected[key], atol=1e-4, rtol=1e-4)
