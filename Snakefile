@@ -10,8 +10,8 @@ if not workflow.overwrite_configfiles:
 
 include: "workflow/rules/common.smk"  # schema validation, layout, per-rule config
 include: "workflow/rules/prepare.smk"  # prepare_model, prepare_data
-include: "workflow/rules/train.smk"  # train_sft, train_ebft
-include: "workflow/rules/eval.smk"  # eval_ce, eval_fm
+include: "workflow/rules/train.smk"  # train_sft, train_ebft, train_rlvr
+include: "workflow/rules/eval.smk"  # eval_ce, eval_fm, eval_code
 include: "workflow/rules/report.smk"  # report
 
 
@@ -20,6 +20,5 @@ rule all:
         study_products(),
         L.metrics_csv,
         L.main_table,
-        L.ce_figure,
-        L.fm_figure,
+        figures(),
     default_target: True

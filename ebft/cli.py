@@ -18,10 +18,12 @@ from ebft.config import (
     METHODS,
     TASKS,
     CEEvalConfig,
+    CodeEvalConfig,
     EBFTConfig,
     FinetuneConfig,
     FMEvalConfig,
     ModelConfig,
+    RLVRConfig,
     SFTConfig,
     TaskConfig,
     build,
@@ -100,6 +102,15 @@ def _task_ebft(raw: dict, tc: TaskConfig) -> EBFTConfig:
     return build(EBFTConfig, {**raw.get("ebft", {}), **(tc.ebft or {})}, "ebft")
 
 
+def _task_rlvr(raw: dict, tc: TaskConfig) -> RLVRConfig:
+    """The global rlvr section with the task's overrides (``tasks.<task>.rlvr``) on top."""
+    return build(RLVRConfig, {**raw.get("rlvr", {}), **(tc.rlvr or {})}, "rlvr")
+
+
+def _prompt_format(raw: dict, tc: TaskConfig) -> str:
+    return section(raw, ModelConfig, f"models.{tc.model}").prompt_format
+
+
 def cmd_train(args, raw):
     from ebft.data import read_records
 
@@ -107,6 +118,9 @@ def cmd_train(args, raw):
         raise UserError(f"training method {args.method!r} is not available; choose one of {', '.join(METHODS)}.")
     layout = _layout(raw)
     tc = _task(raw, args.task)
+    if args.method == "rlvr" and tc.reward == "none":
+        raise UserError(f"{args.task} has no verifiable reward (tasks.{args.task}.reward is 'none'), so RLVR "
+                        f"cannot train on it; set a reward or drop rlvr for this task.")  # fmt: skip
     finetune = section(raw, FinetuneConfig, "finetune")
     precision = raw.get("precision", "auto")
     seed = raw.get("seed", 43)
@@ -125,11 +139,21 @@ def cmd_train(args, raw):
         summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=tc.chunk_length,
                             finetune=finetune, sft=sft, precision=precision, seed=seed, out=out)  # fmt: skip
     else:
-        from ebft.trainer import train_ebft
-
         ebft = _task_ebft(raw, tc)
         default_start = layout.checkpoint("sft", args.task) if ebft.init == "sft" else model_dir
         start_dir = Path(args.start_dir or default_start)
+    if args.method == "rlvr":
+        from baselines.rlvr import train_rlvr
+
+        rlvr, prompt_format = _task_rlvr(raw, tc), _prompt_format(raw, tc)
+        config_hash = write_resolved(out / "resolved_config.yaml", {**resolved, "start_dir": str(start_dir),
+                                     "ebft": ebft, "rlvr": rlvr, "prompt_format": prompt_format})  # fmt: skip
+        summary = train_rlvr(start_dir=start_dir, train_records=records, reward=tc.reward,
+                             prompt_format=prompt_format, finetune=finetune, ebft=ebft, cfg=rlvr,
+                             precision=precision, seed=seed, out=out)  # fmt: skip
+    elif args.method == "ebft":
+        from ebft.trainer import train_ebft
+
         config_hash = write_resolved(out / "resolved_config.yaml",
                                      {**resolved, "start_dir": str(start_dir), "ebft": ebft})  # fmt: skip
         summary = train_ebft(base_dir=model_dir, start_dir=start_dir, train_records=records,
@@ -143,9 +167,9 @@ def cmd_eval(args, raw):
     from ebft.config import config_hash
     from ebft.data import read_records
 
-    if args.kind not in ("ce", "fm"):
-        raise UserError(f"evaluation {args.kind!r} is not available; choose 'ce' (validation cross-entropy) or "
-                        f"'fm' (held-out feature-matching loss).")  # fmt: skip
+    if args.kind not in ("ce", "fm", "code"):
+        raise UserError(f"evaluation {args.kind!r} is not available; choose 'ce' (validation cross-entropy), "
+                        f"'fm' (held-out feature-matching loss) or 'code' (pass@k).")  # fmt: skip
     layout = _layout(raw)
     tc = _task(raw, args.task)
     base_dir = Path(args.base_dir or layout.model_dir(tc.model))
@@ -153,24 +177,39 @@ def cmd_eval(args, raw):
     model_dir = Path(args.model_dir or default_model)
     data_dir = Path(args.data_dir or layout.data_dir(args.task))
     out = Path(args.out or layout.eval_file(args.kind, args.task, args.method))
-    records = read_records(data_dir / "heldout.jsonl")
     seed = raw.get("seed", 43)
     started = time.time()
-    if args.kind == "ce":
+    extra = {}
+    if args.kind == "code":
+        from evals.code import evaluate_code, load_problems
+
+        if tc.code_eval == "none":
+            raise UserError(f"{args.task} has no code evaluation (tasks.{args.task}.code_eval is 'none'); set it to "
+                            f"heldout or human_eval.")  # fmt: skip
+        cfg = section(raw, CodeEvalConfig, "eval.code")
+        problems = load_problems(tc.code_eval, data_dir / "heldout.jsonl", cfg, seed)
+        samples = Path(args.samples or layout.samples_file(args.task, args.method))
+        rows, extra = evaluate_code(model_dir, problems, _prompt_format(raw, tc), cfg,
+                                    precision=raw.get("precision", "auto"), seed=seed, samples_out=samples)  # fmt: skip
+        extra.update(problems=len(problems), samples_file=str(samples))
+    elif args.kind == "ce":
         from evals.ce import evaluate_ce
 
+        records = read_records(data_dir / "heldout.jsonl")
         rows = evaluate_ce(model_dir, records, tc.chunk_length, section(raw, CEEvalConfig, "eval.ce"), seed=seed)
     else:
         from evals.fm import evaluate_fm
 
-        rows = evaluate_fm(model_dir, base_dir, records, tc.chunk_length, _task_ebft(raw, tc),
+        heldout = read_records(data_dir / "heldout.jsonl")
+        rows = evaluate_fm(model_dir, base_dir, heldout, tc.chunk_length, _task_ebft(raw, tc),
                            section(raw, FMEvalConfig, "eval.fm"), seed=seed)  # fmt: skip
     trained = model_dir.parent / "resolved_config.yaml"
     record = {
         "task": args.task, "method": args.method, "model_dir": str(model_dir),
         "config_hash": config_hash({"eval": raw.get("eval"), "task": raw["tasks"][args.task],
+                                    "model": raw.get("models", {}).get(tc.model),
                                     "trained": trained.read_text() if trained.is_file() else None}),
-        "git_sha": git_sha(), "wall_time_s": round(time.time() - started, 2), "metrics": rows,
+        "git_sha": git_sha(), "wall_time_s": round(time.time() - started, 2), **extra, "metrics": rows,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
@@ -185,12 +224,14 @@ def cmd_report(args, raw):
         df = read_metrics(Path(args.from_csv))
         csv_out = None
     else:
-        df = collect([Path(p) for p in args.inputs], raw["profile"])
+        tasks = raw.get("tasks", {})
+        no_verifier = [t for t, tc in tasks.items() if tc.get("reward", "none") == "none"]
+        df = collect([Path(p) for p in args.inputs], raw["profile"],
+                     no_verifier if "rlvr" in raw.get("methods", []) else [])  # fmt: skip
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
-    fm_figure = args.fm_figure or (layout.fm_figure if "fm_loss" in set(df["metric"]) else None)
-    write_outputs(df, metrics_csv=csv_out, table=Path(args.table or layout.main_table),
-                  figure=Path(args.figure or layout.ce_figure), fm_figure=fm_figure and Path(fm_figure))  # fmt: skip
-    print(f"report: {len(df)} metric rows → {args.table or layout.main_table}")
+    figures = write_outputs(df, metrics_csv=csv_out, table=Path(args.table or layout.main_table),
+                            figures_dir=Path(args.figures or layout.figures_dir))  # fmt: skip
+    print(f"report: {len(df)} metric rows → {args.table or layout.main_table}; {len(figures)} figures")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,30 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default results/<profile>/data/<task>)")
 
     sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
-    sp.add_argument("--method", required=True, help="training method: sft or ebft")
+    sp.add_argument("--method", required=True, help="training method: sft, ebft or rlvr")
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--model-dir", help="the task's base model (default: its prepared folder); EBFT's features")
-    sp.add_argument("--start-dir", help="EBFT's starting policy (default: the base model, or the SFT checkpoint "
-                                        "when ebft.init is sft)")  # fmt: skip
+    sp.add_argument("--start-dir", help="EBFT's and RLVR's starting policy (default: the base model, or the SFT "
+                                        "checkpoint when ebft.init is sft)")  # fmt: skip
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="run folder (default results/<profile>/runs/<method>/<task>)")
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
-    sp.add_argument("--kind", required=True, help="ce (validation cross-entropy) or fm (feature-matching loss)")
+    sp.add_argument("--kind", required=True,
+                    help="ce (validation cross-entropy), fm (feature-matching loss) or code (pass@k)")  # fmt: skip
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--method", required=True, help="'base' or a training method (names the checkpoint)")
     sp.add_argument("--model-dir", help="model to score (default: base model or the method's checkpoint)")
     sp.add_argument("--base-dir", help="the task's base model: the feature network for fm (default: prepared)")
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
+    sp.add_argument("--samples", help="code: per-sample JSONL (default …/eval/code/<task>/<method>.samples.jsonl)")
 
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")
     sp.add_argument("--from-csv", help="regenerate table and figure from an existing metrics.csv only")
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
-    sp.add_argument("--figure", help="validation CE figure (default results/<profile>/figures/val_ce.png)")
-    sp.add_argument("--fm-figure", help="feature-matching loss figure (default …/figures/fm_loss.png when present)")
+    sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")
     return p
 
 

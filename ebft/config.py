@@ -60,6 +60,9 @@ class ModelConfig:
     source: str
     revision: str | None = None  # hub revision (branch, tag or commit) for hub ids
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # how downstream prompts (code evaluation, RLVR) are written: raw completion for base models, the tokenizer's
+    # chat template for instruct models (EBFT_SPEC.md §6 uses raw prompts with the released base models)
+    prompt_format: Literal["raw", "chat"] = "raw"
 
     def __post_init__(self):
         if not self.source:
@@ -101,6 +104,8 @@ class HubSplit:
     name: str | None = None
     question_field: str | None = "question"  # None: no question (raw text, e.g. unstructured code)
     answer_field: str = "answer"
+    tests_field: str | None = None  # unit tests (a `check(candidate)` function) for code evaluation and RLVR
+    entry_point_field: str | None = None  # the name of the function the tests check
     max_examples: int | None = None
 
 
@@ -155,8 +160,13 @@ class TaskConfig:
     model: str  # a key of `models`
     source: Any  # one of SOURCE_KINDS' classes, chosen by its `kind`
     chunk_length: int = 256  # L: packed chunk length in tokens
+    # RLVR's verifiable reward: fraction of unit tests passed, sentence chrF, or none (no verifier: no RLVR run)
+    reward: Literal["unit_tests", "chrf", "none"] = "none"
+    # downstream code evaluation (pass@k): none, the task's held-out records (with their tests), or HumanEval
+    code_eval: Literal["none", "heldout", "human_eval"] = "none"
     sft: dict[str, Any] | None = None  # overrides of the global `sft` section for this task (e.g. its lr)
     ebft: dict[str, Any] | None = None  # overrides of the global `ebft` section (e.g. c/s/G, pooling)
+    rlvr: dict[str, Any] | None = None  # overrides of the global `rlvr` section (e.g. max_completion_length)
 
     def __post_init__(self):
         _positive(self, "chunk_length")
@@ -237,6 +247,70 @@ class EBFTConfig:
 
 
 @dataclass
+class RLVRConfig:
+    """RLVR through TRL (GRPOTrainer, or RLOOTrainer): the GRPO-specific settings.
+
+    The optimiser, step budget and prompts per step are EBFT's (the task's resolved ``ebft`` section), so both
+    methods get the same budget; ``num_generations`` defaults to EBFT's n.
+    """
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    num_generations: int | None = None  # completions per prompt; None: the task's ebft.n
+    beta: float = 0.0  # KL coefficient to the starting policy (TRL's default: no reference model)
+    epsilon: float = 0.2  # PPO-style clipping
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"  # GRPO only; RLOO has a single loss
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # GRPO; RLOO normalises advantages instead
+    temperature: float = 0.6  # sampling temperature of the rollouts (as EBFT's)
+    top_p: float = 1.0
+    max_completion_length: int = 256
+    gradient_checkpointing: bool = False
+    reward_timeout: float = 3.0  # seconds per sandboxed test program
+    reward_memory_mb: int = 1024
+    reward_workers: int | None = None  # parallel sandboxed programs; None: CPU count
+
+    def __post_init__(self):
+        _positive(self, "num_generations", "max_completion_length", "reward_timeout", "reward_memory_mb",
+                  "reward_workers")  # fmt: skip
+        if self.num_generations is not None and self.num_generations < 2:
+            raise _FieldError("num_generations", "group-relative advantages need at least 2 completions per prompt")
+        if self.temperature <= 0:
+            raise _FieldError("temperature", "on-policy training samples, so it must be positive")
+        if not 0 < self.top_p <= 1:
+            raise _FieldError("top_p", "it must lie in (0, 1]")
+        if self.beta < 0 or self.epsilon <= 0:
+            raise _FieldError("beta", "beta must be ≥ 0 and epsilon > 0")
+
+
+@dataclass
+class CodeEvalConfig:
+    """Downstream code evaluation (EBFT_SPEC.md §6): n samples per problem, pass@k, tests run in the sandbox."""
+
+    n: int = 4  # samples per problem
+    ks: list[int] = field(default_factory=lambda: [1, 4])  # pass@k reported (each k ≤ n)
+    greedy: bool = False  # one greedy completion per problem instead (then n must be 1)
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 16  # prompts per generate call (× n sequences)
+    max_problems: int | None = None  # the first problems only; None: all
+    human_eval_heldout: int | None = None  # code_eval 'human_eval': None: all 164; k: the k held out by qa_code's split
+    timeout: float = 3.0  # seconds per program
+    memory_mb: int = 1024
+    workers: int | None = None  # parallel sandboxed programs; None: CPU count
+    bootstrap: int = 1000  # resamples of problems for the 95 % intervals
+
+    def __post_init__(self):
+        _positive(self, "n", "max_new_tokens", "batch_size", "max_problems", "human_eval_heldout", "timeout",
+                  "memory_mb", "workers", "bootstrap")  # fmt: skip
+        if not self.ks or any(k < 1 or k > self.n for k in self.ks):
+            raise _FieldError("ks", f"every k must lie between 1 and n = {self.n}")
+        if self.greedy and self.n != 1:
+            raise _FieldError("n", "greedy decoding gives one completion per problem, so set n: 1")
+        if not self.greedy and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise _FieldError("temperature", "sampling needs temperature > 0 and top_p in (0, 1]; or set greedy")
+
+
+@dataclass
 class FMEvalConfig:
     """Held-out feature-matching loss: −mean(alignment − diversity/2), unwhitened features (spec §1)."""
 
@@ -265,6 +339,7 @@ class CEEvalConfig:
 class EvalConfig:
     ce: CEEvalConfig = field(default_factory=CEEvalConfig)
     fm: FMEvalConfig = field(default_factory=FMEvalConfig)
+    code: CodeEvalConfig = field(default_factory=CodeEvalConfig)
 
 
 @dataclass
@@ -282,6 +357,7 @@ class Profile:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ebft: EBFTConfig = field(default_factory=EBFTConfig)
+    rlvr: RLVRConfig = field(default_factory=RLVRConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -297,14 +373,17 @@ class Profile:
             if m not in METHODS:
                 raise ConfigError(f"methods lists {m!r}; choose from {', '.join(METHODS)}.")
         for task, tc in self.tasks.items():
-            for name, cls, base in (("sft", SFTConfig, self.sft), ("ebft", EBFTConfig, self.ebft)):
+            for name, cls, base in (("sft", SFTConfig, self.sft), ("ebft", EBFTConfig, self.ebft),
+                                    ("rlvr", RLVRConfig, self.rlvr)):  # fmt: skip
                 if getattr(tc, name):
                     build(cls, {**dataclasses.asdict(base), **getattr(tc, name)}, f"tasks.{task}.{name}")
+        if "rlvr" in self.methods and not any(tc.reward != "none" for tc in self.tasks.values()):
+            raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")
         if self.ebft.init == "sft" and "ebft" in self.methods and "sft" not in self.methods:
             raise ConfigError("ebft.init is 'sft' but methods does not list sft; add it or set ebft.init: base.")
 
 
-METHODS = ("sft", "ebft")  # trained methods this version can run; 'base' is always evaluated
+METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
 
 
 # --------------------------------------------------------------------------------------------------

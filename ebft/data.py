@@ -179,17 +179,18 @@ def _hub_records(split: HubSplit, side: str) -> list[dict]:
             f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side: "
             f"{type(e).__name__}; run where the hub is reachable or it is cached."
         ) from None
-    needed = [f for f in (split.question_field, split.answer_field) if f]
+    needed = [f for f in (split.question_field, split.answer_field, split.tests_field, split.entry_point_field) if f]
     missing = [f for f in needed if f not in ds.column_names]
     if missing:
         raise UserError(
             f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(ds.column_names)}); "
-            f"set question_field/answer_field in the profile."
+            f"set question_field/answer_field/tests_field/entry_point_field in the profile."
         )
     if split.max_examples is not None:
         ds = ds.select(range(min(split.max_examples, len(ds))))
-    q, a = split.question_field, split.answer_field
-    return [record(f"{split.path}:{split.split}:{i}", row[q] if q else "", row[a]) for i, row in enumerate(ds)]
+    q, a, t, e = split.question_field, split.answer_field, split.tests_field, split.entry_point_field
+    return [record(f"{split.path}:{split.split}:{i}", row[q] if q else "", row[a], tests=row[t] if t else None,
+                   entry_point=row[e] if e else None) for i, row in enumerate(ds)]  # fmt: skip
 
 
 BUILDERS = {"human_eval": human_eval_split, "stdlib": stdlib_split, "django": django_split, "hub": hub_split}

@@ -38,6 +38,18 @@ class Layout:
     def eval_file(self, kind: str, task: str, method: str) -> Path:
         return self.root / "eval" / kind / task / f"{method}.json"
 
+    def samples_file(self, task: str, method: str) -> Path:
+        """Code evaluation: one JSONL record per (problem, sample)."""
+        return self.root / "eval" / "code" / task / f"{method}.samples.jsonl"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    def figure(self, metric: str) -> Path:
+        """The figure of one metric, e.g. figures/pass_at_1.png for pass@1."""
+        return self.figures_dir / figure_name(metric)
+
     def log(self, rule: str, *parts: str) -> Path:
         return self.root / "logs" / rule / ("_".join(parts) + ".log" if parts else "log.log")
 
@@ -49,10 +61,7 @@ class Layout:
     def main_table(self) -> Path:
         return self.root / "tables" / "main.md"
 
-    @property
-    def ce_figure(self) -> Path:
-        return self.root / "figures" / "val_ce.png"
 
-    @property
-    def fm_figure(self) -> Path:
-        return self.root / "figures" / "fm_loss.png"
+def figure_name(metric: str) -> str:
+    """File name of a metric's figure: val_ce.png, fm_loss.png, pass_at_1.png, …"""
+    return metric.replace("@", "_at_") + ".png"

@@ -1,7 +1,8 @@
 """Collect per-run evaluation records into one tidy table, then tables and figures as pure functions of it.
 
-``metrics.csv`` has one row per (task, method, metric): value, n (units the value averages over: tokens for CE),
-ci_low/ci_high (95 % bootstrap), the hash of the config that produced it, and the git commit.
+``metrics.csv`` has one row per (task, method, metric): value, n (units the value averages over: tokens for CE,
+problems for pass@k), ci_low/ci_high (95 % bootstrap), the hash of the config that produced it, the git commit, and a
+note where a method has no value by design (RLVR on a task without a verifier: "n/a (no verifier)").
 Regenerate tables and figures from that file alone with ``ebft report --from-csv``.
 """
 
@@ -14,7 +15,8 @@ import pandas as pd
 
 from ebft.errors import UserError
 
-COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha"]
+COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha", "note"]
+NO_VERIFIER = "n/a (no verifier)"
 METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
 TASK_ORDER = ["qa_code", "unstructured_code", "translation"]
 METRICS = {  # name → (label, lower is better)
@@ -24,7 +26,20 @@ METRICS = {  # name → (label, lower is better)
 }
 
 
-def collect(eval_files: list[Path], profile: str) -> pd.DataFrame:
+def metric_info(metric: str) -> tuple[str, bool | None]:
+    """(label, lower is better) of a metric; pass@k metrics are named by their k."""
+    if metric.startswith("pass@"):
+        return f"Code {metric} (unbiased estimator, fraction of problems)", False
+    return METRICS.get(metric, (metric, None))
+
+
+def metric_order(metrics) -> list[str]:
+    passes = sorted((m for m in set(metrics) if m.startswith("pass@")), key=lambda m: int(m[5:]))
+    return _present(metrics, list(METRICS) + passes)
+
+
+def collect(eval_files: list[Path], profile: str, no_verifier: list[str] = ()) -> pd.DataFrame:
+    """Tidy rows from evaluation records; RLVR rows marked "n/a (no verifier)" for the ``no_verifier`` tasks."""
     rows = []
     for path in eval_files:
         path = Path(path)
@@ -34,7 +49,12 @@ def collect(eval_files: list[Path], profile: str) -> pd.DataFrame:
         for m in rec["metrics"]:
             rows.append({"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
                          "value": m["value"], "n": m["n"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                         "config_hash": rec["config_hash"], "git_sha": rec["git_sha"]})  # fmt: skip
+                         "config_hash": rec["config_hash"], "git_sha": rec["git_sha"], "note": ""})  # fmt: skip
+    for task in no_verifier:
+        for metric in sorted({r["metric"] for r in rows if r["task"] == task}):
+            rows.append({"profile": profile, "task": task, "method": "rlvr", "metric": metric, "value": float("nan"),
+                         "n": 0, "ci_low": float("nan"), "ci_high": float("nan"), "config_hash": "", "git_sha": "",
+                         "note": NO_VERIFIER})  # fmt: skip
     return _ordered(pd.DataFrame(rows, columns=COLUMNS))
 
 
@@ -50,8 +70,23 @@ def read_metrics(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise UserError(f"{path} does not exist; run the workflow's report rule first.")
     df = pd.read_csv(
-        path, dtype={"profile": str, "task": str, "method": str, "metric": str, "config_hash": str, "git_sha": str}
-    )  # a hash of digits only must stay a string
+        path,
+        keep_default_na=False,
+        na_values=[""],
+        dtype={
+            "profile": str,
+            "task": str,
+            "method": str,
+            "metric": str,
+            "config_hash": str,
+            "git_sha": str,
+            "note": str,
+        },
+    )  # fmt: skip  (a hash of digits only must stay a string)
+    if "note" not in df.columns:  # written before notes existed
+        df["note"] = ""
+    df["note"] = df["note"].fillna("")
+    df[["config_hash", "git_sha"]] = df[["config_hash", "git_sha"]].fillna("")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path} lacks the columns {', '.join(missing)}; regenerate it with the report rule.")
@@ -65,8 +100,8 @@ def _present(values, order):
 def markdown_tables(df: pd.DataFrame) -> str:
     """One table per metric: a row per task, a column per method, 'value [ci_low, ci_high]' in each cell."""
     parts = []
-    for metric in _present(df["metric"], list(METRICS)):
-        label, lower = METRICS.get(metric, (metric, None))
+    for metric in metric_order(df["metric"]):
+        label, lower = metric_info(metric)
         sub = df[df["metric"] == metric]
         methods = _present(sub["method"], METHOD_ORDER)
         arrow = " (lower is better)" if lower else " (higher is better)" if lower is False else ""
@@ -78,12 +113,14 @@ def markdown_tables(df: pd.DataFrame) -> str:
                 hit = sub[(sub["task"] == task) & (sub["method"] == method)]
                 if hit.empty:
                     cells.append("–")
+                elif hit.iloc[0].note:
+                    cells.append(hit.iloc[0].note)
                 else:
                     r = hit.iloc[0]
                     cells.append(f"{r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-    hashes = ", ".join(sorted(set(df["git_sha"].astype(str))))
+    hashes = ", ".join(sorted(set(df["git_sha"].astype(str)) - {""}))
     footer = f"Values with 95 % bootstrap intervals. Profile: {', '.join(sorted(set(df['profile'])))}; git: {hashes}."
     return "\n\n".join(parts) + "\n\n" + footer + "\n"
 
@@ -95,7 +132,7 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sub = df[df["metric"] == metric]
+    sub = df[(df["metric"] == metric) & df["value"].notna()]
     if sub.empty:
         raise UserError(f"the results have no {metric!r} rows to plot; run the evaluations first.")
     tasks = _present(sub["task"], TASK_ORDER)
@@ -114,7 +151,7 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
                 hi.append(r.ci_high - r.value)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=method)
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel(METRICS.get(metric, (metric,))[0])
+    ax.set_ylabel(metric_info(metric)[0] if len(metric_info(metric)[0]) < 45 else metric)
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
@@ -123,13 +160,18 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figure: Path,
-                  fm_figure: Path | None = None) -> None:  # fmt: skip
+def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path) -> list[Path]:
+    """Write the CSV (unless regenerating from it), the markdown tables and one figure per metric; return figures."""
+    from ebft.paths import figure_name
+
     if metrics_csv is not None:
         Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(metrics_csv, index=False)
     Path(table).parent.mkdir(parents=True, exist_ok=True)
     Path(table).write_text(markdown_tables(df))
-    plot_metric(df, "val_ce", figure)
-    if fm_figure is not None:
-        plot_metric(df, "fm_loss", fm_figure)
+    written = []
+    for metric in metric_order(df["metric"]):
+        if metric != "val_ce_answer":  # shown in the table; its figure would repeat val_ce's
+            plot_metric(df, metric, Path(figures_dir) / figure_name(metric))
+            written.append(Path(figures_dir) / figure_name(metric))
+    return written

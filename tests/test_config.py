@@ -34,6 +34,12 @@ def test_every_profile_validates(name):
         (lambda c: c["sft"].update(max_steps=0), "config key 'sft.max_steps' is invalid"),
         (lambda c: c["eval"]["ce"].update(batch_size="8"), "'eval.ce.batch_size' is invalid"),
         (lambda c: c["tasks"].update(math={"model": "smollm2", "source": {"kind": "stdlib"}}), "tasks"),
+        (lambda c: c["rlvr"].update(loss_type="ppo"), "config key 'rlvr.loss_type' is 'ppo'; allowed values: 'grpo'"),
+        (lambda c: c["eval"]["code"].update(ks=[1, 8]), "config key 'eval.code.ks' is [1, 8]; every k must lie between 1 and n = 4"),
+        (lambda c: c["eval"]["code"].update(greedy=True), "config key 'eval.code.n' is 4; greedy decoding gives one completion"),
+        (lambda c: c["tasks"]["qa_code"].update(reward="bleu"), "config key 'tasks.qa_code.reward' is 'bleu'"),
+        (lambda c: [t.pop("reward", None) for t in c["tasks"].values()], "methods lists rlvr but no task sets a 'reward'"),
+        (lambda c: c["tasks"]["translation"]["rlvr"].update(num_generations=1), "'tasks.translation.rlvr.num_generations' is"),
     ],
 )  # fmt: skip
 def test_bad_profiles_fail_with_one_sentence_naming_the_key(mutate, expected):

@@ -9,9 +9,9 @@ from ebft.errors import UserError
 from evals.report import COLUMNS, collect, markdown_tables, read_metrics, write_outputs
 
 
-def eval_record(path, task, method, value):
+def eval_record(path, task, method, value, metric="val_ce"):
     path.write_text(json.dumps({"task": task, "method": method, "config_hash": "abc", "git_sha": "123",
-                                "metrics": [{"metric": "val_ce", "value": value, "n": 100, "units": 4,
+                                "metrics": [{"metric": metric, "value": value, "n": 100, "units": 4,
                                              "ci_low": value - 0.1, "ci_high": value + 0.1}]}))  # fmt: skip
     return path
 
@@ -36,15 +36,17 @@ def test_table_and_figure_regenerate_from_the_csv_alone(tmp_path, cli_env):
     files = [eval_record(tmp_path / f"{m}.json", "qa_code", m, v) for m, v in [("base", 1.8), ("sft", 1.5)]]
     csv = tmp_path / "metrics.csv"
     df = collect(files, "cpu")
-    write_outputs(df, metrics_csv=csv, table=tmp_path / "t1.md", figure=tmp_path / "f1.png")
+    assert write_outputs(df, metrics_csv=csv, table=tmp_path / "t1.md", figures_dir=tmp_path / "f1") == [
+        tmp_path / "f1" / "val_ce.png"
+    ]
     for f in files:
         f.unlink()
     proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--config", '{"profile": "cpu"}',
-                           "--from-csv", str(csv), "--table", str(tmp_path / "t2.md"), "--figure",
-                           str(tmp_path / "f2.png")], capture_output=True, text=True, env=cli_env)  # fmt: skip
+                           "--from-csv", str(csv), "--table", str(tmp_path / "t2.md"), "--figures",
+                           str(tmp_path / "f2")], capture_output=True, text=True, env=cli_env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "t2.md").read_text() == (tmp_path / "t1.md").read_text()
-    assert (tmp_path / "f2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "f2" / "val_ce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pd.testing.assert_frame_equal(read_metrics(csv), df, check_dtype=False)
 
 
@@ -53,3 +55,18 @@ def test_missing_inputs_are_one_sentence(tmp_path):
         collect([tmp_path / "nope.json"], "cpu")
     with pytest.raises(UserError, match="does not exist; run the workflow's report rule first"):
         read_metrics(tmp_path / "metrics.csv")
+
+
+def test_pass_at_k_and_no_verifier_rows_survive_the_csv_round_trip(tmp_path):
+    specs = [("qa_code", m, v, k) for m, v in [("base", 0.1), ("rlvr", 0.2)] for k in ("pass@1", "pass@4")]
+    specs += [("unstructured_code", "base", 0.05, "pass@1"), ("unstructured_code", "base", 0.1, "pass@4")]
+    files = [eval_record(tmp_path / f"{i}.json", t, m, v, k) for i, (t, m, v, k) in enumerate(specs)]
+    df = collect(files, "cpu", no_verifier=["unstructured_code"])
+    table = markdown_tables(df)
+    assert "### Code pass@1" in table and "### Code pass@4" in table
+    assert table.index("pass@1") < table.index("pass@4")
+    assert "| unstructured_code | 0.0500 [-0.0500, 0.1500] | n/a (no verifier) |" in table
+    figures = write_outputs(df, metrics_csv=tmp_path / "m.csv", table=tmp_path / "t.md", figures_dir=tmp_path / "f")
+    assert [f.name for f in figures] == ["pass_at_1.png", "pass_at_4.png"]
+    again = read_metrics(tmp_path / "m.csv")
+    assert markdown_tables(again) == table

@@ -32,8 +32,10 @@ def job_stats(output: str) -> dict[str, int]:
 )
 def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
-    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "train_ebft": 3, "eval_ce": 9,
-                     "eval_fm": 9, "report": 1, "all": 1}  # fmt: skip
+    # RLVR on the two tasks with a verifier (qa_code, translation); pass@k on the two code tasks for every
+    # checkpoint: base, sft, ebft on both, rlvr on qa_code only
+    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "train_ebft": 3, "train_rlvr": 2,
+                     "eval_ce": 11, "eval_fm": 11, "eval_code": 7, "report": 1, "all": 1}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -45,16 +47,29 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     assert (root / "runs/sft/qa_code/model/config.json").is_file()
     assert not (root / "data/translation").exists()
 
-    # 2. The whole DAG completes and reports base, SFT and EBFT on every task.
+    # 2. The whole DAG completes and reports base, SFT, RLVR and EBFT on every task; RLVR on unstructured code is
+    # "n/a (no verifier)"; pass@k on both code tasks.
     snakemake(cli_env, tmp_path)
-    df = pd.read_csv(root / "metrics.csv")
+    df = pd.read_csv(root / "metrics.csv", keep_default_na=False, na_values=[""])
     assert set(zip(df.task, df.method, strict=True)) == {
-        (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft", "ebft")
+        (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft", "ebft", "rlvr")
     }
-    assert set(df.metric) == {"val_ce", "val_ce_answer", "fm_loss"} and df.value.notna().all()
-    assert "| translation |" in (root / "tables/main.md").read_text()
-    assert (root / "figures/val_ce.png").stat().st_size > 1000
-    assert (root / "figures/fm_loss.png").stat().st_size > 1000
+    assert set(df.metric) == {"val_ce", "val_ce_answer", "fm_loss", "pass@1", "pass@2"}
+    na = df[df.value.isna()]
+    assert set(na.task) == {"unstructured_code"} and set(na.method) == {"rlvr"}
+    assert (na.note == "n/a (no verifier)").all()
+    code = df[df.metric.str.startswith("pass@") & df.value.notna()]
+    assert set(zip(code.task, code.method, strict=True)) == {
+        ("qa_code", m) for m in ("base", "sft", "ebft", "rlvr")
+    } | {("unstructured_code", m) for m in ("base", "sft", "ebft")}
+    assert ((code.ci_low <= code.value) & (code.value <= code.ci_high)).all()
+    table = (root / "tables/main.md").read_text()
+    assert "| translation |" in table and "n/a (no verifier)" in table
+    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2"):
+        assert (root / f"figures/{figure}.png").stat().st_size > 1000
+    samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
+    assert len(samples) == 4 * 2  # max_problems × n
+    assert (root / "runs/rlvr/translation/rlvr_settings.yaml").is_file()
     resolved = (root / "runs/ebft/translation/resolved_config.yaml").read_text()
     assert "c: 4" in resolved and "s: 2" in resolved and "pooling: mean" in resolved  # the task's layout
 
@@ -67,9 +82,10 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     snakemake(cli_env, tmp_path)
     assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
     shutil.rmtree(root / "runs/sft/unstructured_code/model")
-    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "eval_fm": 1, "report": 1,
-                                                             "all": 1}  # fmt: skip
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "eval_fm": 1,
+                                                             "eval_code": 1, "report": 1, "all": 1}  # fmt: skip
 
     # 5. Snakemake's HTML report contains the figure.
     snakemake(cli_env, tmp_path, "--report", str(tmp_path / "report.html"))
-    assert "val_ce.png" in (tmp_path / "report.html").read_text(errors="replace")
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "val_ce.png" in html and "pass_at_1.png" in html

@@ -20,7 +20,10 @@ L = Layout(config.get("results_dir", "results"), config["profile"])
 TASKS = list(config["tasks"])
 METHODS = list(config.get("methods", ["sft"]))
 EVAL_METHODS = ["base"] + METHODS
-EVALS = ["ce", "fm"]  # validation cross-entropy, held-out feature-matching loss
+EVALS = ["ce", "fm"]  # validation cross-entropy, held-out feature-matching loss: every task
+# RLVR needs a verifiable reward (unit tests, chrF); code evaluation (pass@k) needs problems with tests
+RLVR_TASKS = [t for t in TASKS if config["tasks"][t].get("reward", "none") != "none"]
+CODE_TASKS = [t for t in TASKS if config["tasks"][t].get("code_eval", "none") != "none"]
 MODELS = sorted({config["tasks"][t]["model"] for t in TASKS})
 
 
@@ -30,20 +33,25 @@ wildcard_constraints:
     model="|".join(MODELS),
 
 
-def cfg_json(*sections, task=None, model=None):
+def cfg_json(*sections, task=None, model=None, evaluation=None):
     """The profile's shared keys plus only the sections one rule needs, as JSON: a change elsewhere does not
-    re-run the rule (Snakemake's params rerun trigger)."""
+    re-run the rule (Snakemake's params rerun trigger). ``evaluation`` keeps one subsection of ``eval``."""
     keep = {k: config[k] for k in ("profile", "results_dir", "offline", "seed", "precision") if k in config}
     keep.update({k: config[k] for k in sections if k in config})
     if task is not None:
         keep["tasks"] = {task: config["tasks"][task]}
+        model = config["tasks"][task]["model"] if model is None else model
     if model is not None:
         keep["models"] = {model: config["models"][model]}
+    if evaluation is not None:
+        keep["eval"] = {evaluation: config.get("eval", {}).get(evaluation, {})}
     return json.dumps(keep, sort_keys=True)
 
 
 def model_config(wildcards):
-    return cfg_json(model=wildcards.model)
+    """prepare_model needs the model's source, not how prompts are written for it."""
+    entry = {k: v for k, v in config["models"][wildcards.model].items() if k != "prompt_format"}
+    return json.dumps({**json.loads(cfg_json()), "models": {wildcards.model: entry}}, sort_keys=True)
 
 
 def data_config(wildcards):
@@ -58,12 +66,20 @@ def ebft_config(wildcards):
     return cfg_json("finetune", "ebft", task=wildcards.task)
 
 
+def rlvr_config(wildcards):
+    return cfg_json("finetune", "ebft", "rlvr", task=wildcards.task)
+
+
 def ce_config(wildcards):
-    return cfg_json("eval", task=wildcards.task)
+    return cfg_json(task=wildcards.task, evaluation="ce")
 
 
 def fm_config(wildcards):
-    return cfg_json("eval", "ebft", task=wildcards.task)
+    return cfg_json("ebft", task=wildcards.task, evaluation="fm")
+
+
+def code_config(wildcards):
+    return cfg_json(task=wildcards.task, evaluation="code")
 
 
 def ebft_start(wildcards):
@@ -88,12 +104,35 @@ def all_cores(wildcards):
     return workflow.cores
 
 
+def trained(task):
+    """The methods trained on ``task``: RLVR only where the task has a verifiable reward."""
+    return [m for m in METHODS if m != "rlvr" or task in RLVR_TASKS]
+
+
+def eval_records():
+    """Every evaluation record the report collects: CE and FM everywhere, pass@k on the code tasks."""
+    records = []
+    for task in TASKS:
+        kinds = EVALS + (["code"] if task in CODE_TASKS else [])
+        records += [L.eval_file(kind, task, m) for kind in kinds for m in ["base"] + trained(task)]
+    return records
+
+
+def figures():
+    """The report's figures: one per metric the study produces."""
+    metrics = ["val_ce", "fm_loss"]
+    if CODE_TASKS:
+        metrics += sorted({f"pass@{k}" for k in config.get("eval", {}).get("code", {}).get("ks", [1, 4])})
+    return [L.figure(m) for m in metrics]
+
+
 def study_products():
     """Every file the study produces. `all` asks for each of them, so deleting any one output rebuilds it and
     then only what depends on it (Snakemake otherwise skips a missing intermediate whose consumers are current)."""
     products = [L.model_dir(m) for m in MODELS]
     for task in TASKS:
         products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
-        products += [L.checkpoint(m, task) for m in METHODS]
-        products += [L.eval_file(kind, task, m) for kind in EVALS for m in EVAL_METHODS]
-    return products
+        products += [L.checkpoint(m, task) for m in trained(task)]
+        if task in CODE_TASKS:
+            products += [L.samples_file(task, m) for m in ["base"] + trained(task)]
+    return products + eval_records()

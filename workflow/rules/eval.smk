@@ -32,3 +32,22 @@ rule eval_fm:
         "{EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
         "--model-dir {input.model} --base-dir {input.base} --data-dir {params.data} --out {output} "
         "--threads {threads} > {log} 2>&1"
+
+
+rule eval_code:
+    input:
+        model=eval_model,
+        heldout=L.data_dir("{task}") / "heldout.jsonl",
+    output:
+        record=L.eval_file("code", "{task}", "{method}"),
+        samples=L.samples_file("{task}", "{method}"),
+    params:
+        cfg=code_config,
+        data=lambda wildcards, input: Path(input.heldout).parent,
+    log:
+        L.log("eval_code", "{task}", "{method}"),
+    threads: all_cores
+    shell:
+        "{EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,15 +1,22 @@
+def caption(figure):
+    return "pass_at_k" if figure.stem.startswith("pass_at_") else figure.stem
+
+
 rule report:
     input:
-        expand(L.eval_file("{kind}", "{task}", "{method}"), kind=EVALS, task=TASKS, method=EVAL_METHODS),
+        eval_records(),
     output:
         csv=L.metrics_csv,
         table=L.main_table,
-        figure=report(L.ce_figure, caption="../report/val_ce.rst", category="Validation cross-entropy"),
-        fm_figure=report(L.fm_figure, caption="../report/fm_loss.rst", category="Feature-matching loss"),
+        figures=[
+            report(path, caption=f"../report/{caption(path)}.rst", category="Metrics", labels={"figure": path.stem})
+            for path in figures()
+        ],
     params:
-        cfg=cfg_json(),
+        cfg=cfg_json("methods", "tasks"),
+        figures=L.figures_dir,
     log:
         L.log("report"),
     shell:
         "{EBFT} report --config {params.cfg:q} {input} --metrics-csv {output.csv} --table {output.table} "
-        "--figure {output.figure} --fm-figure {output.fm_figure} > {log} 2>&1"
+        "--figures {params.figures} > {log} 2>&1"

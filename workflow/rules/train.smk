@@ -37,3 +37,25 @@ rule train_ebft:
     shell:
         "{EBFT} train --method ebft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
+
+
+rule train_rlvr:
+    input:
+        model=task_base_model,
+        start=ebft_start,
+        train=L.data_dir("{task}") / "train.jsonl",
+    output:
+        model=directory(L.checkpoint("rlvr", "{task}")),
+        metrics=L.run_dir("rlvr", "{task}") / "train_metrics.csv",
+        config=L.run_dir("rlvr", "{task}") / "resolved_config.yaml",
+        settings=L.run_dir("rlvr", "{task}") / "rlvr_settings.yaml",
+    params:
+        cfg=rlvr_config,
+        data=lambda wildcards, input: Path(input.train).parent,
+        out=lambda wildcards, output: Path(output.metrics).parent,
+    log:
+        L.log("train_rlvr", "{task}"),
+    threads: all_cores
+    shell:
+        "{EBFT} train --method rlvr --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,217 @@
+"""RLVR: reinforcement learning from verifiable rewards, the baseline the paper compares EBFT against.
+
+TRL's ``GRPOTrainer`` (or ``RLOOTrainer``) on the task's training prompts, with the same base model, LoRA/full choice,
+optimiser settings, prompts per step and step budget as EBFT (the task's resolved ``ebft`` section). The rewards:
+
+- ``unit_tests`` (Q&A coding): the fraction of the problem's unit tests the completion's program passes; each unit
+  test runs as its own program in :mod:`evals.sandbox` (never in this process).
+- ``chrf`` (translation): sentence-level chrF (sacreBLEU) of the completion's first line against the reference,
+  scaled to [0, 1].
+
+Unstructured code has no verifier, so it has no RLVR run. Prompts are written exactly as the downstream evaluation
+writes them (:func:`evals.code.code_prompt`, :func:`evals.code.render`). The GRPO settings that define the run are
+written to ``rlvr_settings.yaml`` next to the checkpoint; TRL's per-step logs go to ``train_metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from ebft.config import EBFTConfig, FinetuneConfig, RLVRConfig
+from ebft.errors import UserError
+
+SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def first_line(completion: str) -> str:
+    """A translation hypothesis: the completion's first non-empty line (the model may go on after it)."""
+    return next((line.strip() for line in completion.splitlines() if line.strip()), "")
+
+
+def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str) -> list[dict]:
+    """Training prompts with what the reward needs: the problem (unit tests) or the reference (chrF)."""
+    from evals.code import code_prompt, render
+
+    if reward == "unit_tests":
+        rows = [
+            {
+                "prompt": code_prompt(r, tokenizer, prompt_format),
+                "question": r["question"],
+                "tests": r["tests"],
+                "entry_point": r["entry_point"],
+            }
+            for r in records
+            if r.get("tests") and r.get("entry_point")
+        ]
+    elif reward == "chrf":
+        rows = [
+            {
+                "prompt": render(r["question"], tokenizer, prompt_format),
+                "reference": (r.get("meta") or {}).get("reference") or r["answer"].strip(),
+            }
+            for r in records
+        ]
+    else:
+        raise UserError(
+            f"RLVR needs a verifiable reward but the task's reward is {reward!r}; set it to unit_tests "
+            f"or chrf, or drop rlvr from methods."
+        )
+    if not rows:
+        raise UserError("no training record carries what the RLVR reward needs (tests and an entry point).")
+    return rows
+
+
+def unit_test_reward(prompt_format: str, cfg: RLVRConfig):
+    """Reward function for TRL: per completion, the fraction of its problem's unit tests that pass in the sandbox."""
+    from evals.sandbox import run_many
+
+    from evals.code import extract_program, unit_test_programs
+
+    def unit_tests_passed(prompts, completions, question, tests, entry_point, **_):
+        programs, owner = [], []
+        for i, (completion, q, t, e) in enumerate(zip(completions, question, tests, entry_point, strict=True)):
+            problem = {"question": q, "tests": t, "entry_point": e}
+            variants = unit_test_programs(problem, extract_program(problem, completion, prompt_format))
+            programs += variants
+            owner += [i] * len(variants)
+        results = run_many(
+            programs, timeout=cfg.reward_timeout, memory_mb=cfg.reward_memory_mb, workers=cfg.reward_workers
+        )
+        passed, total = [0.0] * len(completions), [0] * len(completions)
+        for i, res in zip(owner, results, strict=True):
+            passed[i] += res.passed
+            total[i] += 1
+        return [p / t for p, t in zip(passed, total, strict=True)]
+
+    return unit_tests_passed
+
+
+def chrf_reward(prompts, completions, reference, **_):
+    """Sentence chrF / 100 of each completion's first line against its reference."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    return [chrf.sentence_score(first_line(c), [r]).score / 100 for c, r in zip(completions, reference, strict=True)]
+
+
+def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, bf16: bool, seed: int) -> dict:
+    """The TRL config arguments of the run: GRPO/RLOO settings plus EBFT's optimiser and budget."""
+    generations = cfg.num_generations or ebft.n
+    settings = {
+        "num_generations": generations,
+        "beta": cfg.beta,
+        "epsilon": cfg.epsilon,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": 0,
+        "max_completion_length": cfg.max_completion_length,
+        "per_device_train_batch_size": ebft.batch_size * generations,
+        "gradient_accumulation_steps": 1,
+        "num_iterations": 1,
+        "max_steps": ebft.max_steps,
+        "num_train_epochs": ebft.epochs,
+        "learning_rate": ebft.lr,
+        "lr_scheduler_type": SCHEDULERS[ebft.scheduler],
+        "warmup_steps": ebft.warmup_ratio,
+        "adam_beta1": ebft.betas[0],
+        "adam_beta2": ebft.betas[1],
+        "weight_decay": ebft.weight_decay,
+        "max_grad_norm": ebft.grad_clip,
+        "bf16": bf16,
+        "seed": seed,
+        "disable_dropout": True,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+    }
+    if cfg.algorithm == "grpo":
+        settings.update(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
+    else:
+        settings.update(normalize_advantages=cfg.scale_rewards != "none")
+    return settings
+
+
+def train_rlvr(
+    *,
+    start_dir: Path,
+    train_records: list[dict],
+    reward: str,
+    prompt_format: str,
+    finetune: FinetuneConfig,
+    ebft: EBFTConfig,
+    cfg: RLVRConfig,
+    precision: str,
+    seed: int,
+    out: Path,
+) -> dict:
+    """Train the policy in ``start_dir`` with RLVR; write the checkpoint, metrics and settings under ``out``."""
+    import datasets
+    import pandas as pd
+    import trl
+    from transformers import TrainerCallback
+
+    from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    bf16 = autocast_dtype(precision, torch.device("cuda" if cuda else "cpu")) is not None
+    tokenizer = load_tokenizer(start_dir)
+    rows = prompt_rows(train_records, tokenizer, prompt_format, reward)
+    settings = trl_settings(cfg, ebft, bf16=bf16, seed=seed)
+    (out / "rlvr_settings.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "algorithm": cfg.algorithm,
+                "trl": trl.__version__,
+                "reward": reward,
+                "prompt_format": prompt_format,
+                "prompts": len(rows),
+                **settings,
+                "rlvr": asdict(cfg),
+            },
+            sort_keys=False,
+        )
+    )
+
+    config_cls, trainer_cls = (
+        (trl.GRPOConfig, trl.GRPOTrainer) if cfg.algorithm == "grpo" else (trl.RLOOConfig, trl.RLOOTrainer)
+    )
+    args = config_cls(
+        output_dir=str(out / "trainer"),
+        use_cpu=not cuda,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **settings,
+    )
+    model = make_trainable(load_causal_lm(start_dir, dropout=0.0), finetune)
+    reward_func = unit_test_reward(prompt_format, cfg) if reward == "unit_tests" else chrf_reward
+    log: list[dict] = []
+
+    class CsvLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                log.append({"step": state.global_step, **logs})
+                pd.DataFrame(log).to_csv(out / "train_metrics.csv", index=False)
+
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_func,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[CsvLog()],
+    )
+    started = time.time()
+    trainer.train()
+    wall = round(time.time() - started, 2)
+    if not log:
+        raise UserError("RLVR logged no training step; raise ebft.max_steps or check the training prompts.")
+    save_checkpoint(trainer.model, tokenizer, out, finetune.mode)
+    return {"steps": trainer.state.global_step, "wall_time_s": wall, "final_reward": log[-1].get("reward")}

