@@ -126,33 +126,40 @@ def markdown_tables(df: pd.DataFrame) -> str:
 
 
 def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
-    """Grouped bars (task × method) of one metric with its 95 % intervals."""
+    """Grouped bars (task × method) of one metric with its 95 % intervals; rows with a note are labelled instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sub = df[(df["metric"] == metric) & df["value"].notna()]
+    everything = df[df["metric"] == metric]
+    sub = everything[everything["value"].notna()]
     if sub.empty:
         raise UserError(f"the results have no {metric!r} rows to plot; run the evaluations first.")
-    tasks = _present(sub["task"], TASK_ORDER)
-    methods = _present(sub["method"], METHOD_ORDER)
+    tasks = _present(everything["task"], TASK_ORDER)
+    methods = _present(everything["method"], METHOD_ORDER)
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(tasks), 3.6))
+    fig, ax = plt.subplots(figsize=(2.4 + 2.2 * len(tasks), 3.6))
     for j, method in enumerate(methods):
         xs, ys, lo, hi = [], [], [], []
         for i, task in enumerate(tasks):
-            hit = sub[(sub["task"] == task) & (sub["method"] == method)]
-            if not hit.empty:
-                r = hit.iloc[0]
-                xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                ys.append(r.value)
-                lo.append(r.value - r.ci_low)
-                hi.append(r.ci_high - r.value)
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=method)
+            x = i + (j - (len(methods) - 1) / 2) * width
+            hit = everything[(everything["task"] == task) & (everything["method"] == method)]
+            if hit.empty:
+                continue
+            r = hit.iloc[0]
+            if pd.isna(r.value):
+                ax.text(x, 0, f" {r.note}", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+                continue
+            xs.append(x)
+            ys.append(r.value)
+            lo.append(r.value - r.ci_low)
+            hi.append(r.ci_high - r.value)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=method, color=f"C{METHOD_ORDER.index(method) % 10}"
+               if method in METHOD_ORDER else None)  # fmt: skip
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel(metric_info(metric)[0] if len(metric_info(metric)[0]) < 45 else metric)
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

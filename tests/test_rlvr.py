@@ -130,3 +130,21 @@ def test_rlvr_on_a_task_without_a_verifier_is_refused_in_one_sentence(cli_env):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "has no verifiable reward" in proc.stderr
+
+
+def test_rloo_option_trains_with_the_chrf_reward(tiny_model_dir, tmp_path):
+    records = [{"id": f"t{i}", "question": f"Translate this from English to German:\nEnglish: Item {i}\nGerman:",
+                "answer": f" Eintrag {i}", "meta": {"reference": f"Eintrag {i}"}} for i in range(4)]  # fmt: skip
+    out = tmp_path / "rloo"
+    summary = train_rlvr(start_dir=tiny_model_dir, train_records=records, reward="chrf", prompt_format="raw",
+                         finetune=FinetuneConfig(mode="full"), ebft=EBFTConfig(n=3, batch_size=2, max_steps=2, lr=1e-2,
+                         warmup_ratio=0.0), cfg=RLVRConfig(algorithm="rloo", max_completion_length=6, temperature=1.0),
+                         precision="fp32", seed=0, out=out)  # fmt: skip
+    assert summary["steps"] == 2
+    settings = yaml.safe_load((out / "rlvr_settings.yaml").read_text())
+    assert settings["algorithm"] == "rloo" and settings["num_generations"] == 3 and settings["reward"] == "chrf"
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "proj" in k)
