@@ -68,9 +68,8 @@ def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str)
 
 def unit_test_reward(prompt_format: str, cfg: RLVRConfig):
     """Reward function for TRL: per completion, the fraction of its problem's unit tests that pass in the sandbox."""
-    from evals.sandbox import run_many
-
     from evals.code import extract_program, unit_test_programs
+    from evals.sandbox import run_many
 
     def unit_tests_passed(prompts, completions, question, tests, entry_point, **_):
         programs, owner = [], []
