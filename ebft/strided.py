@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from ebft.packing import PackedChunks
+
 
 def num_blocks(L: int, c: int, s: int, G: int) -> int:
     """NB = (L − G − c)/s + 1; refuses layouts where s does not divide L − G − c."""
@@ -115,6 +117,43 @@ def strided_sequence(chunks: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor
     """[chunk | generated] (B, S) from chunks (B, L) and blocks (B, NB, G), generated tokens step-major."""
     B, NB, G = blocks.shape
     return torch.cat([chunks, blocks.transpose(1, 2).reshape(B, G * NB)], dim=1)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed fixed by its parts (seed, step, …)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % 2**63
+    return h
+
+
+def block_valid(chunks: PackedChunks, c: int, s: int, G: int, answer_only: bool, document_mask: bool = False):
+    """(B, NB) bool: block k's ground truth x[c+k·s : c+k·s+G] is all real tokens (and all answer tokens; and, with
+    document masking, all in the document of its anchor x[c+k·s−1])."""
+    L = chunks.input_ids.shape[1]
+    NB = num_blocks(L, c, s, G)
+    idx = c + torch.arange(NB)[:, None] * s + torch.arange(G)[None, :]  # (NB, G)
+    ok = chunks.valid[:, idx].all(dim=-1)
+    if answer_only:
+        ok &= chunks.answer[:, idx].all(dim=-1)
+    if document_mask:
+        anchor = chunks.document[:, c + torch.arange(NB) * s - 1]  # (B, NB)
+        ok &= (chunks.document[:, idx] == anchor[..., None]).all(dim=-1)
+    return ok
+
+
+def generated_logprobs(logits: torch.Tensor, seq: torch.Tensor, L: int, c: int, s: int, G: int, temperature: float):
+    """log π(ŷ_{t,k}) / T-scaled, read at each token's predictor: logits (R, S, V), seq (R, S) → (R, NB, G)."""
+    NB = num_blocks(L, c, s, G)
+    pred = predictor_index(L, c, s, G).to(seq.device)  # (G, NB)
+    target = seq[:, generated_index(L, NB, G).to(seq.device)]  # (R, G, NB)
+    logp = torch.log_softmax(logits[:, pred].float() / temperature, dim=-1)  # (R, G, NB, V)
+    return logp.gather(-1, target[..., None]).squeeze(-1).transpose(1, 2)  # (R, NB, G)
+
+
+def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None):
+    """Logits (B, S, V) of one forward over whole strided sequences."""
+    return model(input_ids=seq, **sequence_inputs(seq, L, c, s, G, documents), use_cache=False).logits
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:

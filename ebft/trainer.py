@@ -48,36 +48,10 @@ FIELDS = ["step", "epoch", "reward", "alignment", "diversity", "fm_estimate", "c
           "grad_norm", "valid_blocks", "lr", "rollout_tokens_per_s", "sample_s", "step_time_s"]  # fmt: skip
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed fixed by its parts (seed, step, …)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) % 2**63
-    return h
 
 
-def block_valid(chunks: PackedChunks, c: int, s: int, G: int, answer_only: bool, document_mask: bool = False):
-    """(B, NB) bool: block k's ground truth x[c+k·s : c+k·s+G] is all real tokens (and all answer tokens; and, with
-    document masking, all in the document of its anchor x[c+k·s−1])."""
-    L = chunks.input_ids.shape[1]
-    NB = strided.num_blocks(L, c, s, G)
-    idx = c + torch.arange(NB)[:, None] * s + torch.arange(G)[None, :]  # (NB, G)
-    ok = chunks.valid[:, idx].all(dim=-1)
-    if answer_only:
-        ok &= chunks.answer[:, idx].all(dim=-1)
-    if document_mask:
-        anchor = chunks.document[:, c + torch.arange(NB) * s - 1]  # (B, NB)
-        ok &= (chunks.document[:, idx] == anchor[..., None]).all(dim=-1)
-    return ok
 
 
-def generated_logprobs(logits: torch.Tensor, seq: torch.Tensor, L: int, c: int, s: int, G: int, temperature: float):
-    """log π(ŷ_{t,k}) / T-scaled, read at each token's predictor: logits (R, S, V), seq (R, S) → (R, NB, G)."""
-    NB = strided.num_blocks(L, c, s, G)
-    pred = strided.predictor_index(L, c, s, G).to(seq.device)  # (G, NB)
-    target = seq[:, strided.generated_index(L, NB, G).to(seq.device)]  # (R, G, NB)
-    logp = torch.log_softmax(logits[:, pred].float() / temperature, dim=-1)  # (R, G, NB, V)
-    return logp.gather(-1, target[..., None]).squeeze(-1).transpose(1, 2)  # (R, NB, G)
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -92,9 +66,6 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
 
 
-def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None):
-    """Logits (B, S, V) of one forward over whole strided sequences."""
-    return model(input_ids=seq, **strided.sequence_inputs(seq, L, c, s, G, documents), use_cache=False).logits
 
 
 def train_ebft(
@@ -119,7 +90,7 @@ def train_ebft(
     tokenizer = load_tokenizer(start_dir)
     chunks = pack_records(train_records, tokenizer, chunk_length)
     strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
-    valid_blocks = block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
+    valid_blocks = strided.block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
 
     policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout), finetune)
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
@@ -151,11 +122,12 @@ def train_ebft(
     with log:
         while step < total_steps:
             epoch, within = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+            shuffle = torch.Generator().manual_seed(strided.derive_seed(seed, epoch))
+            order = torch.randperm(len(chunks), generator=shuffle)
             start = (within * accelerator.num_processes + accelerator.process_index) * cfg.batch_size
             index = order[start : start + cfg.batch_size]
             row = _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
-                             valid_blocks[index], cfg, derive_seed(seed, step, 1))  # fmt: skip
+                             valid_blocks[index], cfg, strided.derive_seed(seed, step, 1))  # fmt: skip
             step += 1
             row.update(step=step, epoch=epoch)
             if step % cfg.log_every == 0 or step == total_steps:
@@ -226,16 +198,16 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     token_keep = keep.reshape(B * n, NB, 1).expand(B * n, NB, G).float()  # (B·n, NB, G)
 
     with accelerator.autocast():
-        logits = strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
-        logp = generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
+        logits = strided.strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
+        logp = strided.generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
         per_seq_tokens = token_keep.sum(dim=(1, 2)).clamp_min(1)
         policy_loss = (-(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
         ce = token_weighted_ce(logits[:, :L], chunks, batch.valid.to(device).repeat_interleave(n, dim=0))
         kl = torch.zeros((), device=device)
         if cfg.kl_coef > 0:
             with torch.no_grad(), feature_network(model, kl_ref) as ref:
-                ref_logits = strided_forward(ref, seq, L, c, s, G, docs)
-                ref_logp = generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
+                ref_logits = strided.strided_forward(ref, seq, L, c, s, G, docs)
+                ref_logp = strided.generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
             kl = ((kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
         loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
     accelerator.backward(loss)

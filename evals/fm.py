@@ -20,7 +20,7 @@ from ebft.features import strided_features
 from ebft.models import load_causal_lm, load_tokenizer
 from ebft.packing import pack_records
 from ebft.rewards import feature_rewards
-from ebft.trainer import block_valid, derive_seed
+from ebft.strided import block_valid, derive_seed
 from evals.stats import bootstrap_ratio_ci
 
 

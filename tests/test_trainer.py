@@ -12,7 +12,8 @@ from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource, build
 from ebft.data import human_eval_split
 from ebft.errors import ConfigError, UserError
 from ebft.packing import pack_examples
-from ebft.trainer import block_valid, generated_logprobs, kl_penalty, strided_forward, train_ebft
+from ebft.strided import block_valid, generated_logprobs, strided_forward
+from ebft.trainer import kl_penalty, train_ebft
 
 
 @pytest.fixture(scope="module")
