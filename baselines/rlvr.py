@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from ebft import optim
 from ebft.config import EBFTConfig, FinetuneConfig, RLVRConfig
 from ebft.errors import UserError
-
-SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
 def first_line(completion: str) -> str:
@@ -98,9 +97,15 @@ def chrf_reward(prompts, completions, reference, **_):
     return [chrf.sentence_score(first_line(c), [r]).score / 100 for c, r in zip(completions, reference, strict=True)]
 
 
-def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, bf16: bool, seed: int) -> dict:
-    """The TRL config arguments of the run: GRPO/RLOO settings plus EBFT's optimiser and budget."""
+def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, steps: int, bf16: bool, seed: int, processes: int = 1) -> dict:
+    """The TRL config arguments of the run: GRPO/RLOO settings plus EBFT's optimiser and budget.
+
+    ``steps`` is EBFT's number of optimiser steps on the same data (:func:`ebft.optim.ebft_step_budget`), handed to
+    TRL as ``max_steps``, which overrides any epoch count there: both methods take exactly the same number of steps.
+    Each optimiser step takes EBFT's global ``batch_size`` prompts, split over ``processes``.
+    """
     generations = cfg.num_generations or ebft.n
+    share = optim.process_share(ebft.batch_size, processes, "ebft.batch_size")
     settings = {
         "num_generations": generations,
         "beta": cfg.beta,
@@ -109,13 +114,12 @@ def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, bf16: bool, seed: int) ->
         "top_p": cfg.top_p,
         "top_k": 0,
         "max_completion_length": cfg.max_completion_length,
-        "per_device_train_batch_size": ebft.batch_size * generations,
+        "per_device_train_batch_size": share * generations,
         "gradient_accumulation_steps": 1,
         "num_iterations": 1,
-        "max_steps": ebft.max_steps,
-        "num_train_epochs": ebft.epochs,
+        "max_steps": steps,
         "learning_rate": ebft.lr,
-        "lr_scheduler_type": SCHEDULERS[ebft.scheduler],
+        "lr_scheduler_type": optim.scheduler_name(ebft.scheduler),
         "warmup_steps": ebft.warmup_ratio,
         "adam_beta1": ebft.betas[0],
         "adam_beta2": ebft.betas[1],
@@ -139,6 +143,7 @@ def train_rlvr(
     train_records: list[dict],
     reward: str,
     prompt_format: str,
+    chunk_length: int,
     finetune: FinetuneConfig,
     ebft: EBFTConfig,
     cfg: RLVRConfig,
@@ -150,9 +155,11 @@ def train_rlvr(
     import datasets
     import pandas as pd
     import trl
+    from accelerate import PartialState
     from transformers import TrainerCallback
 
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+    from ebft.packing import pack_records
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +167,8 @@ def train_rlvr(
     bf16 = autocast_dtype(precision, torch.device("cuda" if cuda else "cpu")) is not None
     tokenizer = load_tokenizer(start_dir)
     rows = prompt_rows(train_records, tokenizer, prompt_format, reward)
-    settings = trl_settings(cfg, ebft, bf16=bf16, seed=seed)
+    _, steps = optim.ebft_step_budget(len(pack_records(train_records, tokenizer, chunk_length)), ebft)
+    settings = trl_settings(cfg, ebft, steps=steps, bf16=bf16, seed=seed, processes=PartialState().num_processes)
     (out / "rlvr_settings.yaml").write_text(
         yaml.safe_dump(
             {
@@ -212,5 +220,7 @@ def train_rlvr(
     wall = round(time.time() - started, 2)
     if not log:
         raise UserError("RLVR logged no training step; raise ebft.max_steps or check the training prompts.")
+    if trainer.state.global_step != steps:  # the budget is EBFT's by construction; anything else is a bug
+        raise RuntimeError(f"RLVR took {trainer.state.global_step} optimiser steps, not EBFT's {steps}")
     save_checkpoint(trainer.model, tokenizer, out, finetune.mode)
     return {"steps": trainer.state.global_step, "wall_time_s": wall, "final_reward": log[-1].get("reward")}

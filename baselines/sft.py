@@ -6,14 +6,15 @@ number (``loss_on: all`` counts every real token: question, answer and EOS separ
 runs on packed data; ``answer`` counts answer tokens only). Padding is never a target. AdamW with the profile's
 betas and weight decay, warm-up then a constant/cosine/linear schedule, gradient-norm clipping.
 
-Built on ``accelerate`` so the same loop runs on one CPU process or on several GPUs (``accelerate launch``); with
-several processes each normalises by its own token count (DDP then averages the gradients).
+Built on ``accelerate`` so the same loop runs on one CPU process or on several GPUs (``accelerate launch``).
+``batch_size`` is the global batch of one micro-step: each of P processes takes its 1/P share of every batch
+(``split_batches``), so steps per epoch and the learning-rate schedule do not depend on P; the loss is divided by
+the target count of the whole global step, so P processes compute the update of one.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ebft import optim
 from ebft.config import FinetuneConfig, SFTConfig
 from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
@@ -43,15 +45,17 @@ def train_sft(
 ) -> dict:
     """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
+    from accelerate.utils import DataLoaderConfiguration, set_seed
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probe_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed = "bf16" if autocast_dtype(precision, probe_device) is not None else "no"
     # cpu=True on a machine without CUDA, so that several CPU processes (torchrun) train data-parallel over gloo
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    # split_batches: the loader's batch is the global batch; each process takes its share of it
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+    optim.process_share(sft.batch_size, accelerator.num_processes, "sft.batch_size")
     set_seed(seed)
 
     tokenizer = load_tokenizer(model_dir)
@@ -66,16 +70,11 @@ def train_sft(
     model = make_trainable(load_causal_lm(model_dir, dropout=finetune.model_dropout), finetune)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=sft.lr, betas=tuple(sft.betas), weight_decay=sft.weight_decay)
-    steps_per_epoch = max(1, len(loader) // sft.grad_accum)
-    total_steps = min(sft.max_steps, sft.epochs * steps_per_epoch)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if sft.scheduler == "constant" else sft.scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(sft.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    optimizer = optim.adamw(trainable, sft)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, len(loader) // sft.grad_accum)  # counted on the prepared loader each process iterates
+    total_steps = optim.step_budget(steps_per_epoch, epochs=sft.epochs, max_steps=sft.max_steps)
+    scheduler = optim.lr_schedule(optimizer, sft, total_steps)  # stepped here, once per optimiser step
 
     log = MetricsLog(out / "train_metrics.csv", METRIC_FIELDS, enabled=accelerator.is_main_process)
     bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
@@ -87,7 +86,7 @@ def train_sft(
                 if step == total_steps:
                     break
                 micro = [next(batches) for _ in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L))]
-                row = _sft_step(model, optimizer, scheduler, accelerator, micro, sft.grad_clip)
+                row = sft_step(model, optimizer, scheduler, accelerator, micro, sft.grad_clip)
                 step += 1
                 row.update(step=step, epoch=epoch)
                 if step % sft.log_every == 0 or step == total_steps:
@@ -120,17 +119,22 @@ def train_sft(
     return summary
 
 
-def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
+def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
     """One optimiser step over ``micro`` batches, token-weighted over all of them."""
     t0 = time.time()
-    n_targets = sum(int(mask[:, 1:].sum()) for _, mask in micro)
+    local_targets = torch.stack([mask[:, 1:].sum() for _, mask in micro]).sum()
+    # the whole global step's targets; × P because DDP averages the P processes' gradients
+    n_targets = int(local_targets if accelerator.num_processes == 1 else accelerator.reduce(local_targets, "sum"))
+    scale = accelerator.num_processes / max(n_targets, 1)
     total_nll = 0.0
     for ids, mask in micro:
         logits = model(input_ids=ids).logits  # (b, L, V)
         nll_sum, _ = token_nll(logits, ids, mask)
-        loss = nll_sum.sum() / max(n_targets, 1)
+        loss = nll_sum.sum() / max(n_targets, 1) if accelerator.num_processes == 1 else nll_sum.sum() * scale
         accelerator.backward(loss)
         total_nll += float(nll_sum.detach().sum())
+    if accelerator.num_processes > 1:
+        total_nll = float(accelerator.reduce(torch.tensor(total_nll, device=accelerator.device), "sum"))
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()

@@ -91,25 +91,25 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from baselines.sft import _sft_step
+    from baselines.sft import sft_step
     from ebft.packing import PackedChunks
-    from ebft.trainer import _ebft_step
+    from ebft.trainer import ebft_step
 
     AcceleratorState._reset_state(True)  # one process measures both precisions
     acc = Accelerator(cpu=True, mixed_precision="bf16" if precision == "bf16" else "no")
     policy = make_trainable(load_causal_lm(model_dir, dropout=0.0), FinetuneConfig(mode="lora"))
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    policy, opt, sched = acc.prepare(policy, opt, sched)
+    policy, opt = acc.prepare(policy, opt)
     ones = torch.ones_like(chunk, dtype=torch.bool)
     batch = PackedChunks(chunk, ones, ones, torch.zeros_like(chunk))
     cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1)
     valid = torch.ones(1, strided.num_blocks(chunk.shape[1], args.c, args.s, args.G), dtype=torch.bool)
-    _ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 0)  # warm-up
-    t_ebft, row = _timed(lambda: _ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 1))
+    ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 0)  # warm-up
+    t_ebft, row = _timed(lambda: ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 1))
     with acc.autocast():
-        _sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0)
-        t_sft, _ = _timed(lambda: _sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0))
+        sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0)
+        t_sft, _ = _timed(lambda: sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0))
     return {"ebft_step_s": round(t_ebft, 3), "ebft_sampling_s": row["sample_s"], "sft_step_s": round(t_sft, 3),
             "ebft/sft": round(t_ebft / t_sft, 2)}  # fmt: skip
 

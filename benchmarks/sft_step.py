@@ -5,7 +5,7 @@
 For each fine-tuning mode (LoRA, full) and precision (fp32, bf16 autocast where supported) it times, on the same
 chunks and in the same process:
 
-- ``ours``: ``baselines.sft._sft_step`` (token-weighted CE from ``ebft.losses.token_nll``, AdamW, clipping);
+- ``ours``: ``baselines.sft.sft_step`` (token-weighted CE from ``ebft.losses.token_nll``, AdamW, clipping);
 - ``reference``: the same optimiser step with the loss computed by transformers itself (``model(..., labels=...)``).
 
 It prints one JSON object: seconds per step (median of ``--steps`` after one warm-up step) and the ratios
@@ -22,14 +22,16 @@ import time
 
 import torch
 
-from baselines.sft import _sft_step
+from baselines.sft import sft_step
 from ebft.config import FinetuneConfig
 from ebft.losses import token_weighted_ce
 from ebft.models import autocast_dtype, load_causal_lm, make_trainable
 
 
 class _NoAccel:
-    """The two accelerate calls the step uses, for a single process."""
+    """The accelerate calls the step uses, for a single process."""
+
+    num_processes = 1
 
     def backward(self, loss):
         loss.backward()
@@ -64,7 +66,7 @@ def bench(model_dir, mode, dtype, ids, steps):
     times = {"ours": [], "reference": []}
     for i in range(steps + 1):  # step 0 warms up
         with ctx():
-            row = _sft_step(model, opt, sched, _NoAccel(), [(ids, mask)], 1.0)
+            row = sft_step(model, opt, sched, _NoAccel(), [(ids, mask)], 1.0)
             dt, _ = _reference_step(model, opt, ids)
         if i:
             times["ours"].append(row["step_time_s"])

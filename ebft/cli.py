@@ -149,8 +149,8 @@ def cmd_train(args, raw):
         config_hash = write_resolved(out / "resolved_config.yaml", {**resolved, "start_dir": str(start_dir),
                                      "ebft": ebft, "rlvr": rlvr, "prompt_format": prompt_format})  # fmt: skip
         summary = train_rlvr(start_dir=start_dir, train_records=records, reward=tc.reward,
-                             prompt_format=prompt_format, finetune=finetune, ebft=ebft, cfg=rlvr,
-                             precision=precision, seed=seed, out=out)  # fmt: skip
+                             prompt_format=prompt_format, chunk_length=tc.chunk_length, finetune=finetune,
+                             ebft=ebft, cfg=rlvr, precision=precision, seed=seed, out=out)  # fmt: skip
     elif args.method == "ebft":
         from ebft.trainer import train_ebft
 

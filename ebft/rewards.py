@@ -98,6 +98,25 @@ def _released_per_group(X: torch.Tensor, y: torch.Tensor):
     return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
+def fm_loss_estimate(gen: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Unbiased estimate of ‖E φ(ŷ) − φ(y)‖² − ‖φ(y)‖² per block, from gen (n, NB, D) and ref (NB, D): (NB,).
+
+        1/(n(n−1)) Σ_{i≠j} ⟨φ_i, φ_j⟩ − (2/n) Σ_j ⟨φ_j, φ_y⟩
+
+    Raw inner products of the pooled features, whatever their norm (mean pooling does not give unit vectors; the
+    cosine of the released alignment term would then estimate something else). Lower is better; the held-out
+    feature-matching loss is its mean over blocks.
+    """
+    n = gen.shape[0]
+    if n < 2:
+        raise ValueError(f"the unbiased estimate needs n ≥ 2 rollouts per context; got n = {n}")
+    X, y = gen.double(), ref.double()
+    total = X.sum(dim=0)  # (NB, D)
+    pairs = (total.pow(2).sum(dim=-1) - X.pow(2).sum(dim=-1).sum(dim=0)) / (n * (n - 1))  # Σ_{i≠j} ⟨φ_i, φ_j⟩
+    cross = 2 * (total * y).sum(dim=-1) / n
+    return pairs - cross
+
+
 def rloo_advantages(alignment: torch.Tensor, diversity: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
     """Leave-one-out advantages (n, NB) for rewards α·A − β·D (spec §2).
 

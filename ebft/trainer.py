@@ -26,7 +26,6 @@ leave it off), and blocks whose ground truth leaves its anchor's document get no
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,11 +33,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import strided
+from ebft import optim, strided
 from ebft.config import EBFTConfig, FinetuneConfig
 from ebft.errors import UserError
 from ebft.features import feature_network, strided_features
-from ebft.losses import token_weighted_ce
+from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
 from ebft.packing import PackedChunks, pack_records
@@ -77,7 +76,6 @@ def train_ebft(
     ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
     """
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,17 +97,11 @@ def train_ebft(
     if cfg.kl_coef > 0 and finetune.mode == "full":
         kl_ref = load_causal_lm(start_dir).eval().requires_grad_(False)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * accelerator.num_processes
-    steps_per_epoch = len(chunks) // per_step
-    if steps_per_epoch == 0:
-        raise UserError(f"{len(chunks)} training chunks cannot fill one rollout batch of {per_step}; "
-                        f"lower ebft.batch_size or add data.")  # fmt: skip
-    total_steps = min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    scheduler = get_scheduler("constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler, optimizer,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)  # fmt: skip
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    optimizer = optim.adamw(trainable, cfg)
+    share = optim.process_share(cfg.batch_size, accelerator.num_processes, "ebft.batch_size")
+    steps_per_epoch, total_steps = optim.ebft_step_budget(len(chunks), cfg)
+    scheduler = optim.lr_schedule(optimizer, cfg, total_steps)  # stepped here, once per optimiser step
+    policy, optimizer = accelerator.prepare(policy, optimizer)
     for m in (frozen, kl_ref):
         if m is not None:
             m.to(accelerator.device)
@@ -124,10 +116,10 @@ def train_ebft(
             epoch, within = divmod(step, steps_per_epoch)
             shuffle = torch.Generator().manual_seed(strided.derive_seed(seed, epoch))
             order = torch.randperm(len(chunks), generator=shuffle)
-            start = (within * accelerator.num_processes + accelerator.process_index) * cfg.batch_size
-            index = order[start : start + cfg.batch_size]
-            row = _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
-                             valid_blocks[index], cfg, strided.derive_seed(seed, step, 1))  # fmt: skip
+            start = within * cfg.batch_size + accelerator.process_index * share  # this process's share
+            index = order[start : start + share]
+            row = ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
+                             valid_blocks[index], cfg, _sample_seed(seed, step, accelerator.process_index))  # fmt: skip
             step += 1
             row.update(step=step, epoch=epoch)
             if step % cfg.log_every == 0 or step == total_steps:
@@ -154,7 +146,7 @@ def train_ebft(
     return summary
 
 
-def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg, sample_seed):
+def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg, sample_seed):
     """One rollout batch: sample, score, one optimiser step. Returns the step's metrics."""
     c, s, G, n = cfg.c, cfg.s, cfg.G, cfg.n
     t0 = time.time()
@@ -197,18 +189,28 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     adv = (adv * keep).reshape(B * n, NB).float()
     token_keep = keep.reshape(B * n, NB, 1).expand(B * n, NB, G).float()  # (B·n, NB, G)
 
+    # Reductions over the global batch, so that P processes compute the update of one process (DDP averages the P
+    # gradients, hence the factor P): the policy loss is a mean over the sequences that hold at least one valid block
+    # (a sequence with none has no generated token to train), the CE a mean over every real token of the batch.
+    P = accelerator.num_processes
+    per_seq_tokens = token_keep.sum(dim=(1, 2))  # (B·n,)
+    counted = per_seq_tokens > 0  # (B·n,)
+    n_seq = _global_sum(accelerator, counted.sum()).clamp_min(1)
+    targets = batch.valid.to(device).repeat_interleave(n, dim=0)  # (B·n, L)
     with accelerator.autocast():
         logits = strided.strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
         logp = strided.generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
-        per_seq_tokens = token_keep.sum(dim=(1, 2)).clamp_min(1)
-        policy_loss = (-(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
-        ce = token_weighted_ce(logits[:, :L], chunks, batch.valid.to(device).repeat_interleave(n, dim=0))
+        per_seq_loss = -(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens.clamp_min(1)
+        policy_loss = _scaled(per_seq_loss.sum() / n_seq, P)
+        nll, count = token_nll(logits[:, :L], chunks, targets)
+        ce = _scaled(nll.sum() / _global_sum(accelerator, count.sum()).clamp_min(1), P)
         kl = torch.zeros((), device=device)
         if cfg.kl_coef > 0:
             with torch.no_grad(), feature_network(model, kl_ref) as ref:
                 ref_logits = strided.strided_forward(ref, seq, L, c, s, G, docs)
                 ref_logp = strided.generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
-            kl = ((kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2)) / per_seq_tokens).mean()
+            per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2))
+            kl = _scaled((per_seq_kl / per_seq_tokens.clamp_min(1)).sum() / n_seq, P)
         loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -218,19 +220,39 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     optimizer.zero_grad(set_to_none=True)
 
     k = keep.float()
-    denom = k.sum().clamp_min(1)
+    denom = _global_sum(accelerator, k.sum()).clamp_min(1)
 
-    def masked_mean(x):
-        return float((x.to(k.dtype) * k).sum() / denom)
+    def masked_mean(x):  # over the valid (rollout, block) pairs of the global batch
+        return float(_global_sum(accelerator, (x.to(k.dtype) * k).sum()) / denom)
+
+    def global_mean(x):  # a loss term: each process holds its P-scaled share
+        return float(_global_sum(accelerator, x.detach()) / P)
 
     return {
         "reward": masked_mean(reward), "alignment": masked_mean(alignment), "diversity": masked_mean(diversity),
-        "fm_estimate": masked_mean(alignment - diversity / 2), "ce": float(ce.detach()),
-        "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
-        "grad_norm": float(grad_norm), "valid_blocks": int(valid.sum()), "lr": lr,
+        "fm_estimate": masked_mean(alignment - diversity / 2), "ce": global_mean(ce),
+        "policy_loss": global_mean(policy_loss), "kl": global_mean(kl), "loss": global_mean(loss),
+        "grad_norm": float(grad_norm), "valid_blocks": int(_global_sum(accelerator, valid.sum())), "lr": lr,
         "rollout_tokens_per_s": round(B * n * NB * G / max(sample_s, 1e-9), 1), "sample_s": round(sample_s, 3),
         "step_time_s": round(time.time() - t0, 3),
     }  # fmt: skip
+
+
+def _sample_seed(seed: int, step: int, process: int) -> int:
+    """The sampler's seed at ``step`` on ``process``: every process draws its own random stream."""
+    return strided.derive_seed(seed, step, 1) if process == 0 else strided.derive_seed(seed, step, 1, process)
+
+
+def _global_sum(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over every process (x itself with one process)."""
+    if accelerator.num_processes == 1:
+        return x
+    return accelerator.reduce(x.detach().clone(), reduction="sum")
+
+
+def _scaled(x: torch.Tensor, processes: int) -> torch.Tensor:
+    """A global-batch mean, times the process count that DDP's gradient averaging divides by again."""
+    return x if processes == 1 else x * processes
 
 
 def _trainable_state(model) -> dict:

@@ -1,11 +1,12 @@
 """Held-out feature-matching loss (EBFT_SPEC.md §1).
 
 For each held-out chunk, n rollouts per block from the model under test (strided sampler, the task's c/s/G and
-sampling temperature, a fixed seed shared by every model), features from the frozen base model, unwhitened:
-``fm_loss = −mean over valid blocks and rollouts of (alignment − diversity/2)``. With unit-norm features this is
-the unbiased estimate of ‖E φ(ŷ) − φ(y)‖² minus ‖φ(y)‖², so lower is better (with the task's answer-only and
-document masking settings) and differences between models are
-differences in the conditional feature-matching loss. 95 % interval by bootstrap over chunks.
+sampling temperature, a fixed seed shared by every model), features from the frozen base model, unwhitened, pooled
+as the task pools them: ``fm_loss`` is the mean over valid blocks of the unbiased estimate of
+‖E φ(ŷ) − φ(y)‖² − ‖φ(y)‖² (:func:`ebft.rewards.fm_loss_estimate`, raw inner products of the pooled features, so it
+is this quantity under mean pooling too, where features are not unit norm). Lower is better; differences between
+models are differences in the conditional feature-matching loss (the task's answer-only and document masking
+settings apply). 95 % interval by bootstrap over chunks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ebft.config import EBFTConfig, FMEvalConfig
 from ebft.features import strided_features
 from ebft.models import load_causal_lm, load_tokenizer
 from ebft.packing import pack_records
-from ebft.rewards import feature_rewards
+from ebft.rewards import fm_loss_estimate
 from ebft.strided import block_valid, derive_seed
 from evals.stats import bootstrap_ratio_ci
 
@@ -52,10 +53,8 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
         NB = blocks.shape[1]
         gen, gt = gen.view(B, n, NB, -1), gt.view(B, n, NB, -1)[:, 0]
         for b in range(B):
-            r = feature_rewards(gen[b], gt[b], alpha=1.0, beta=1.0, whitening="none")
-            keep = valid[start + b].to(device).float()  # (NB,)
-            per_block = (r["alignment"] - r["diversity"] / 2).mean(dim=0)  # (NB,) mean over rollouts
-            sums.append(-float((per_block * keep).sum()))
+            keep = valid[start + b].to(device).double()  # (NB,)
+            sums.append(float((fm_loss_estimate(gen[b], gt[b]) * keep).sum()))
             counts.append(float(keep.sum()))
     total = sum(counts)
     if total == 0:

@@ -29,12 +29,12 @@ def test_trl_settings_take_ebfts_optimiser_and_budget():
         betas=[0.9, 0.95],
         grad_clip=1.0,
     )
-    s = trl_settings(RLVRConfig(), ebft, bf16=False, seed=43)
+    s = trl_settings(RLVRConfig(), ebft, steps=16, bf16=False, seed=43)
     assert s["num_generations"] == 4 and s["per_device_train_batch_size"] == 8  # 2 prompts × 4 completions
     assert (s["max_steps"], s["learning_rate"], s["lr_scheduler_type"]) == (16, 3e-5, "constant_with_warmup")
     assert (s["adam_beta1"], s["adam_beta2"], s["max_grad_norm"], s["warmup_steps"]) == (0.9, 0.95, 1.0, 0.03)
     assert (s["loss_type"], s["scale_rewards"], s["beta"], s["epsilon"]) == ("dapo", "group", 0.0, 0.2)
-    rloo = trl_settings(RLVRConfig(algorithm="rloo", num_generations=3), ebft, bf16=False, seed=43)
+    rloo = trl_settings(RLVRConfig(algorithm="rloo", num_generations=3), ebft, steps=16, bf16=False, seed=43)
     assert rloo["num_generations"] == 3 and "loss_type" not in rloo and rloo["normalize_advantages"]
 
 
@@ -82,6 +82,7 @@ def test_two_grpo_steps_with_the_sandbox_reward_change_the_trainable_weights(tin
         train_records=records,
         reward="unit_tests",
         prompt_format="raw",
+        chunk_length=8,
         finetune=finetune,
         ebft=ebft,
         cfg=cfg,
@@ -132,15 +133,22 @@ def test_rlvr_on_a_task_without_a_verifier_is_refused_in_one_sentence(cli_env):
     assert proc.stderr.strip().count("\n") == 0 and "has no verifiable reward" in proc.stderr
 
 
-def test_rloo_option_trains_with_the_chrf_reward(tiny_model_dir, tmp_path):
+def test_rloo_option_trains_with_the_chrf_reward_for_exactly_ebfts_epoch_bounded_steps(tiny_model_dir, tmp_path):
+    """RLVR takes EBFT's number of optimiser steps also where epochs bind (TRL's max_steps would override them)."""
+    from ebft.models import load_tokenizer
+    from ebft.packing import pack_records
+
     records = [{"id": f"t{i}", "question": f"Translate this from English to German:\nEnglish: Item {i}\nGerman:",
                 "answer": f" Eintrag {i}", "meta": {"reference": f"Eintrag {i}"}} for i in range(4)]  # fmt: skip
+    ebft = EBFTConfig(n=3, batch_size=2, max_steps=40, epochs=1, lr=1e-2, warmup_ratio=0.0)
+    ebft_steps = len(pack_records(records, load_tokenizer(tiny_model_dir), 16)) // ebft.batch_size
+    assert 1 <= ebft_steps < ebft.max_steps  # the epoch binds
     out = tmp_path / "rloo"
     summary = train_rlvr(start_dir=tiny_model_dir, train_records=records, reward="chrf", prompt_format="raw",
-                         finetune=FinetuneConfig(mode="full"), ebft=EBFTConfig(n=3, batch_size=2, max_steps=2, lr=1e-2,
-                         warmup_ratio=0.0), cfg=RLVRConfig(algorithm="rloo", max_completion_length=6, temperature=1.0),
+                         chunk_length=16, finetune=FinetuneConfig(mode="full"), ebft=ebft,
+                         cfg=RLVRConfig(algorithm="rloo", max_completion_length=6, temperature=1.0),
                          precision="fp32", seed=0, out=out)  # fmt: skip
-    assert summary["steps"] == 2
+    assert summary["steps"] == ebft_steps
     settings = yaml.safe_load((out / "rlvr_settings.yaml").read_text())
     assert settings["algorithm"] == "rloo" and settings["num_generations"] == 3 and settings["reward"] == "chrf"
     from transformers import AutoModelForCausalLM
