@@ -10,8 +10,9 @@ Two samplers give the same tokens for the same random stream:
 
 - ``use_cache=False``, the released reference: G full forward passes over the growing sequence, no cache
   (≈ G·L + NB·G²/2 token-forwards).
-- ``use_cache=True``: one prefill of the chunk (each distinct chunk once, shared by its copies) plus G − 1 decode
-  steps of NB tokens each with a KV cache and a 4-D mask (≈ L + NB·G token-forwards).
+- ``use_cache=True``: one prefill of the chunk (each distinct chunk once, in ``torch.unique``'s sorted order, its
+  keys, values and logits then gathered back to batch order for its copies) plus G − 1 decode steps of NB tokens
+  each with a KV cache and a 4-D mask (≈ L + NB·G token-forwards).
 
 Random numbers: at step t both draw the tokens of all (row, block) pairs with one ``torch.multinomial`` call on the
 (B·NB, V) probabilities, rows in batch order and blocks in index order, from the caller's ``generator``; nothing
@@ -23,19 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from ebft.layout import num_blocks
 from ebft.packing import PackedChunks
 
-
-def num_blocks(L: int, c: int, s: int, G: int) -> int:
-    """NB = (L − G − c)/s + 1; refuses layouts where s does not divide L − G − c."""
-    if min(c, s, G) < 1 or L < c + G:
-        raise ValueError(f"strided layout needs c, s, G ≥ 1 and L ≥ c + G; got L={L}, c={c}, s={s}, G={G}")
-    if (L - G - c) % s:
-        raise ValueError(
-            f"stride s={s} does not divide L − G − c = {L - G - c} (L={L}, c={c}, G={G}); "
-            f"choose s, c or L so that it does"
-        )
-    return (L - G - c) // s + 1
+__all__ = ["num_blocks"]  # re-exported: the block count of a layout
 
 
 def attention_mask(L: int, c: int, s: int, G: int) -> torch.Tensor:
@@ -238,8 +230,10 @@ def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, do
         use_cache=True,
         logits_to_keep=c + torch.arange(NB, device=device) * s - 1,  # the positions predicting step 0
     )
-    if U != B:
-        cache.reorder_cache(inverse)  # row b of the batch gets the keys and values of its chunk
+    # Row b of the batch is the chunk unique[inverse[b]]: it takes that chunk's keys, values and step-0 logits. The
+    # gather is needed even when every chunk is distinct (U == B), as torch.unique sorts the rows: the cache, like the
+    # logits, must be in batch order, or the decode steps of row b attend to another chunk's prompt.
+    cache.reorder_cache(inverse)
     step_logits = out.logits[inverse]  # (B, NB, V)
     blocks = []
     for t in range(G):

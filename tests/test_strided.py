@@ -189,3 +189,112 @@ def test_sampler_options_are_checked(tiny):
         strided.sample_blocks(tiny, chunks, 4, 4, 4, temperature=-1.0)
     with pytest.raises(ValueError, match="top_p"):
         strided.sample_blocks(tiny, chunks, 4, 4, 4, temperature=1.0, top_p=0.0)
+
+
+# The cached sampler against the uncached one and against plain per-prefix generation, for any order of rows.
+# torch.unique sorts the rows it deduplicates, so a batch whose rows are not in sorted order must be gathered back to
+# batch order after the prefill, logits and KV cache alike, whether or not any chunk is duplicated.
+
+CTX_LAYOUT = (24, 5, 3, 4)  # L, c, s, G: NB = 6
+ROW_ORDERS = {  # indices into the keys in torch.unique (sorted) order; never sorted themselves
+    "distinct": [2, 0, 1],  # every chunk once (U == B)
+    "duplicated": [2, 2, 2, 1, 1, 1, 0, 0, 0],  # n copies of each, as the trainer's repeat_interleave makes them
+    "mixed": [2, 0, 0, 1],  # some duplicated, some not
+}
+
+
+@pytest.fixture(scope="module")
+def ctx_model():
+    """A tiny random Llama whose greedy tokens depend on earlier context (attention scaled up so that it matters)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True, attn_implementation="sdpa",
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)  # sharper attention
+            layer.self_attn.k_proj.weight.mul_(8.0)
+            layer.self_attn.o_proj.weight.mul_(16.0)  # attention outputs that outweigh the token's own embedding
+    return model
+
+
+def ctx_batch(kind: str, with_documents: bool):
+    """(chunks, documents or None) whose rows are three distinct dedup keys arranged as ROW_ORDERS[kind]."""
+    L = CTX_LAYOUT[0]
+    g = torch.Generator().manual_seed(7)
+    if with_documents:  # two rows share their tokens and differ only in where document 1 starts
+        a, b = torch.randint(0, 128, (2, L), generator=g)
+        tokens = torch.stack([a, a, b])
+        docs = (torch.arange(L)[None] >= torch.tensor([[9], [14], [11]])).long()
+        keys = torch.cat([tokens, docs], dim=1)
+    else:
+        keys = torch.randint(0, 128, (3, L), generator=g)
+    keys = torch.unique(keys, dim=0)[ROW_ORDERS[kind]]
+    inverse = torch.unique(keys, dim=0, return_inverse=True)[1]
+    assert torch.unique(keys, dim=0).shape[0] == 3
+    assert not torch.equal(inverse, inverse.sort().values), "rows must not be in torch.unique order"
+    return keys[:, :L], (keys[:, L:] if with_documents else None)
+
+
+def per_prefix_greedy(model, tokens: torch.Tensor, start: int, end: int, G: int) -> list[int]:
+    """G greedy tokens after tokens[start : end], a plain causal sequence at positions start, start + 1, …"""
+    seq = tokens[None, start:end]
+    for _ in range(G):
+        pos = torch.arange(start, start + seq.shape[1])[None]
+        with torch.no_grad():
+            nxt = model(input_ids=seq, position_ids=pos, use_cache=False).logits[0, -1].argmax()
+        seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
+    return seq[0, end - start :].tolist()
+
+
+def test_the_context_model_continues_differently_when_an_early_token_changes(ctx_model):
+    L, c, s, G = CTX_LAYOUT
+    chunks, _ = ctx_batch("distinct", False)
+    end = c + 5 * s  # the last block's prefix
+    for b in range(chunks.shape[0]):
+        other = chunks[b].clone()
+        other[0] = (other[0] + 1) % 128
+        assert per_prefix_greedy(ctx_model, other, 0, end, G) != per_prefix_greedy(ctx_model, chunks[b], 0, end, G)
+
+
+@pytest.mark.parametrize("with_documents", [False, True], ids=["plain", "documents"])
+@pytest.mark.parametrize("kind", list(ROW_ORDERS))
+def test_cached_greedy_equals_uncached_and_per_prefix_generation_in_any_row_order(ctx_model, kind, with_documents):
+    L, c, s, G = CTX_LAYOUT
+    chunks, docs = ctx_batch(kind, with_documents)
+    cached = strided.sample_blocks(ctx_model, chunks, c, s, G, temperature=0.0, use_cache=True, documents=docs)
+    uncached = strided.sample_blocks(ctx_model, chunks, c, s, G, temperature=0.0, use_cache=False, documents=docs)
+    reference = torch.zeros_like(cached)
+    done = {}  # copies of a chunk share their greedy blocks
+    for b in range(chunks.shape[0]):
+        key = (tuple(chunks[b].tolist()), None if docs is None else tuple(docs[b].tolist()))
+        if key in done:
+            reference[b] = reference[done[key]]
+            continue
+        done[key] = b
+        for k in range(cached.shape[1]):
+            end = c + k * s
+            start = 0 if docs is None else int((docs[b] == docs[b, end - 1]).nonzero()[0])  # the anchor's document
+            reference[b, k] = torch.tensor(per_prefix_greedy(ctx_model, chunks[b], start, end, G))
+    assert torch.equal(uncached, reference)
+    assert torch.equal(cached, reference), f"cached greedy agrees on {(cached == reference).float().mean():.0%}"
+
+
+@pytest.mark.parametrize("with_documents", [False, True], ids=["plain", "documents"])
+@pytest.mark.parametrize("kind", list(ROW_ORDERS))
+def test_cached_and_uncached_samplers_draw_identical_tokens_in_any_row_order(ctx_model, kind, with_documents):
+    L, c, s, G = CTX_LAYOUT
+    chunks, docs = ctx_batch(kind, with_documents)
+    draws = [
+        strided.sample_blocks(
+            ctx_model, chunks, c, s, G, temperature=1.0, use_cache=cached, documents=docs,
+            generator=torch.Generator().manual_seed(11),
+        )  # fmt: skip
+        for cached in (True, False)
+    ]
+    assert torch.equal(draws[0], draws[1]), f"cached and uncached agree on {(draws[0] == draws[1]).float().mean():.0%}"
