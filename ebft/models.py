@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ebft import hub
-from ebft.config import FinetuneConfig, ModelConfig
+from ebft.config import FinetuneConfig, ModelSource
 from ebft.errors import UserError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,7 +60,7 @@ def load_gguf(what: str = "both"):
     return tok, model
 
 
-def prepare_model(cfg: ModelConfig, out: Path, *, offline: bool) -> dict:
+def prepare_model(cfg: ModelSource, out: Path, *, offline: bool) -> dict:
     """Write the model named by ``cfg`` to ``out`` as a plain HF folder; return its provenance record."""
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
@@ -98,7 +98,7 @@ def _convert_smollm2(out: Path) -> dict:
     return {"source": "smollm2-gguf", "gguf": SMOLLM2_GGUF, "parameters": plain.num_parameters()}
 
 
-def _build_tiny(cfg: ModelConfig, out: Path) -> dict:
+def _build_tiny(cfg: ModelSource, out: Path) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok, _ = load_gguf("tokenizer")

@@ -26,6 +26,8 @@ leave it off), and blocks whose ground truth leaves its anchor's document get no
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ebft import optim, strided
-from ebft.config import EBFTConfig, FinetuneConfig
+from ebft.config import EBFTConfig, FinetuneConfig, config_hash
 from ebft.errors import UserError
 from ebft.features import feature_network, strided_features
 from ebft.losses import token_nll
@@ -69,11 +71,15 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
 
 def train_ebft(
     *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
-    cfg: EBFTConfig, precision: str, seed: int, out: Path, halt_after: int | None = None,
+    cfg: EBFTConfig, precision: str, seed: int, out: Path, settings_hash: str | None = None,
+    halt_after: int | None = None,
 ) -> dict:  # fmt: skip
     """Train with EBFT from ``start_dir`` (features from ``base_dir``); resumes from ``out/checkpoint`` if present.
 
-    ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
+    ``settings_hash`` identifies the settings that define the run (:attr:`ebft.resolve.Job.hash`; by default a hash
+    of the arguments here). The checkpoint carries it, and a checkpoint written under other settings is never
+    continued: the run starts afresh and says so. ``halt_after`` stops (as if killed) right after saving the
+    checkpoint of that step: for resume tests.
     """
     from accelerate import Accelerator
 
@@ -106,7 +112,12 @@ def train_ebft(
         if m is not None:
             m.to(accelerator.device)
 
-    step = _resume(out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler)
+    if settings_hash is None:
+        settings_hash = config_hash({"base": str(base_dir), "start": str(start_dir), "chunk_length": chunk_length,
+                                     "finetune": finetune, "ebft": cfg, "precision": precision, "seed": seed,
+                                     "records": len(train_records)})  # fmt: skip
+    step = _resume(accelerator, out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler,
+                   settings_hash)
     log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, append=step > 0,
                      tensorboard=out / "tensorboard" if cfg.tensorboard else None)  # fmt: skip
     bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)
@@ -125,7 +136,7 @@ def train_ebft(
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(row)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step)
+                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step, settings_hash)
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
             if halt_after is not None and step == halt_after:
@@ -194,14 +205,12 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     # (a sequence with none has no generated token to train), the CE a mean over every real token of the batch.
     P = accelerator.num_processes
     per_seq_tokens = token_keep.sum(dim=(1, 2))  # (B·n,)
-    counted = per_seq_tokens > 0  # (B·n,)
-    n_seq = _global_sum(accelerator, counted.sum()).clamp_min(1)
+    n_seq = _global_sum(accelerator, (per_seq_tokens > 0).sum()).clamp_min(1)  # sequences with a valid block
     targets = batch.valid.to(device).repeat_interleave(n, dim=0)  # (B·n, L)
     with accelerator.autocast():
         logits = strided.strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
         logp = strided.generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
-        per_seq_loss = -(adv[..., None] * logp * token_keep).sum(dim=(1, 2)) / per_seq_tokens.clamp_min(1)
-        policy_loss = _scaled(per_seq_loss.sum() / n_seq, P)
+        policy_loss = _scaled(reinforce_sum(adv, logp, token_keep) / n_seq, P)
         nll, count = token_nll(logits[:, :L], chunks, targets)
         ce = _scaled(nll.sum() / _global_sum(accelerator, count.sum()).clamp_min(1), P)
         kl = torch.zeros((), device=device)
@@ -238,6 +247,17 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     }  # fmt: skip
 
 
+def reinforce_sum(adv: torch.Tensor, logp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Σ over sequences of the mean of −A·log π over each sequence's kept tokens (a scalar).
+
+    adv (R, NB) per block, logp and keep (R, NB, G). A sequence with no kept token (no valid block) adds nothing;
+    the caller divides by the number of sequences that have one, so such a sequence never dilutes the mean.
+    """
+    tokens = keep.sum(dim=(1, 2))  # (R,)
+    per_seq = -(adv[..., None] * logp * keep).sum(dim=(1, 2)) / tokens.clamp_min(1)
+    return per_seq.sum()
+
+
 def _sample_seed(seed: int, step: int, process: int) -> int:
     """The sampler's seed at ``step`` on ``process``: every process draws its own random stream."""
     return strided.derive_seed(seed, step, 1) if process == 0 else strided.derive_seed(seed, step, 1, process)
@@ -259,13 +279,15 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int) -> None:
-    """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step (written atomically)."""
+def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int, settings_hash: str) -> None:
+    """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step and the hash of the settings
+    that define the run (written atomically)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "trainable": _trainable_state(accelerator.unwrap_model(policy)),
+    state = {"step": step, "settings_hash": settings_hash,
+             "trainable": _trainable_state(accelerator.unwrap_model(policy)),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": torch.get_rng_state()}  # fmt: skip
     tmp = path / "state.pt.partial"
@@ -273,12 +295,24 @@ def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int
     tmp.replace(path / "state.pt")
 
 
-def _resume(path: Path, model, optimizer, scheduler) -> int:
-    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from."""
+def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash: str) -> int:
+    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from.
+
+    A checkpoint written under other settings (or before checkpoints carried them) is never continued: it is removed
+    and the run starts afresh, saying so in one line.
+    """
     file = path / "state.pt"
     if not file.is_file():
         return 0
     state = torch.load(file, weights_only=False)
+    if state.get("settings_hash") != settings_hash:
+        accelerator.wait_for_everyone()  # every process has read the file before it goes
+        if not accelerator.is_main_process:
+            return 0
+        print(f"ebft: the checkpoint in {path} was written under other settings ({state.get('settings_hash')} ≠ "
+              f"{settings_hash}); starting afresh.", file=sys.stderr, flush=True)  # fmt: skip
+        shutil.rmtree(path)
+        return 0
     missing = set(_trainable_state(model)) ^ set(state["trainable"])
     if missing:
         raise UserError(f"checkpoint {file} does not match this model's trainable weights ({len(missing)} differ); "

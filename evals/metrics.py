@@ -1,7 +1,8 @@
-"""Downstream metrics: the unbiased pass@k estimator (Chen et al., 2021; EBFT_SPEC.md §6)."""
+"""Metrics: the unbiased pass@k estimator (Chen et al., 2021; EBFT_SPEC.md §6) and the declaration of every metric."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import comb
 
 
@@ -18,3 +19,53 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which metrics exist: declared once, for the evaluations, the report and the workflow's figures
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str
+    lower_is_better: bool
+    kind: str  # the evaluation that produces it: ce, fm or code
+    figure: bool = True  # whether the report draws it (val_ce_answer is in the table only: its bars repeat val_ce's)
+
+
+METRICS = {
+    "val_ce": Metric("val_ce", "Validation CE, all tokens (nats/token)", True, "ce"),
+    "val_ce_answer": Metric("val_ce_answer", "Validation CE, answer tokens (nats/token)", True, "ce", figure=False),
+    "fm_loss": Metric("fm_loss", "Held-out feature-matching loss", True, "fm"),
+}
+
+
+def metric(name: str) -> Metric:
+    """The declaration of a metric; pass@k metrics are named by their k."""
+    if name.startswith("pass@") and name[5:].isdigit():
+        return Metric(name, f"Code {name} (unbiased estimator, fraction of problems)", False, "code")
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}, pass@<k>")
+    return METRICS[name]
+
+
+def metric_order(names) -> list[str]:
+    """Declared metrics first, in declaration order, then pass@k by k."""
+    names = set(names)
+    passes = sorted((m for m in names if m.startswith("pass@")), key=lambda m: int(m[5:]))
+    return [m for m in METRICS if m in names] + passes + sorted(names - set(METRICS) - set(passes))
+
+
+def study_metrics(kinds, ks) -> list[str]:
+    """The metrics a study produces from its evaluation kinds (ce, fm, code) and its pass@k values."""
+    names = [m.name for m in METRICS.values() if m.kind in kinds]
+    if "code" in kinds:
+        names += [f"pass@{k}" for k in sorted(set(ks))]
+    return names
+
+
+def figure_metrics(kinds, ks) -> list[str]:
+    """The metrics the report draws."""
+    return [m for m in study_metrics(kinds, ks) if metric(m).figure]

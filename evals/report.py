@@ -14,28 +14,19 @@ from pathlib import Path
 import pandas as pd
 
 from ebft.errors import UserError
+from evals import metrics
+from evals.metrics import metric_order
 
 COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha", "note"]
 NO_VERIFIER = "n/a (no verifier)"
 METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
 TASK_ORDER = ["qa_code", "unstructured_code", "translation"]
-METRICS = {  # name → (label, lower is better)
-    "val_ce": ("Validation CE, all tokens (nats/token)", True),
-    "val_ce_answer": ("Validation CE, answer tokens (nats/token)", True),
-    "fm_loss": ("Held-out feature-matching loss", True),
-}
 
 
-def metric_info(metric: str) -> tuple[str, bool | None]:
-    """(label, lower is better) of a metric; pass@k metrics are named by their k."""
-    if metric.startswith("pass@"):
-        return f"Code {metric} (unbiased estimator, fraction of problems)", False
-    return METRICS.get(metric, (metric, None))
-
-
-def metric_order(metrics) -> list[str]:
-    passes = sorted((m for m in set(metrics) if m.startswith("pass@")), key=lambda m: int(m[5:]))
-    return _present(metrics, list(METRICS) + passes)
+def metric_info(name: str) -> tuple[str, bool]:
+    """(label, lower is better) of a declared metric."""
+    m = metrics.metric(name)
+    return m.label, m.lower_is_better
 
 
 def collect(eval_files: list[Path], profile: str, no_verifier: list[str] = ()) -> pd.DataFrame:
@@ -104,7 +95,7 @@ def markdown_tables(df: pd.DataFrame) -> str:
         label, lower = metric_info(metric)
         sub = df[df["metric"] == metric]
         methods = _present(sub["method"], METHOD_ORDER)
-        arrow = " (lower is better)" if lower else " (higher is better)" if lower is False else ""
+        arrow = " (lower is better)" if lower else " (higher is better)"
         lines = [f"### {label}{arrow}", "", "| task | " + " | ".join(methods) + " |",
                  "|---|" + "---|" * len(methods)]  # fmt: skip
         for task in _present(sub["task"], TASK_ORDER):
@@ -178,8 +169,8 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
     Path(table).parent.mkdir(parents=True, exist_ok=True)
     Path(table).write_text(markdown_tables(df))
     written = []
-    for metric in metric_order(df["metric"]):
-        if metric != "val_ce_answer":  # shown in the table; its figure would repeat val_ce's
-            plot_metric(df, metric, Path(figures_dir) / figure_name(metric))
-            written.append(Path(figures_dir) / figure_name(metric))
+    for name in metric_order(df["metric"]):
+        if metrics.metric(name).figure:
+            plot_metric(df, name, Path(figures_dir) / figure_name(name))
+            written.append(Path(figures_dir) / figure_name(name))
     return written

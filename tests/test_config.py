@@ -1,12 +1,17 @@
+"""The one reader of the configuration: typed sections, their bounds, the generated schema, and resolved jobs."""
+
+import copy
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
-from ebft.config import SFTConfig, build, check_profile, load_profile_dict
+from ebft.config import SCHEMA_PATH, SFTConfig, bound_problem, build, check_schema, profile_schema, schema_text
 from ebft.errors import ConfigError
+from ebft.resolve import job_from_json, load_study, read_study
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = ["cpu", "smoke", "paper"]
@@ -17,8 +22,10 @@ def profile(name):
 
 
 @pytest.mark.parametrize("name", PROFILES)
-def test_every_profile_validates(name):
-    check_profile(profile(name))
+def test_every_profile_resolves_and_meets_the_schema(name):
+    check_schema(profile(name))
+    study = load_study(profile(name))
+    assert set(study.tasks) == {"qa_code", "unstructured_code", "translation"}
 
 
 @pytest.mark.parametrize(
@@ -29,40 +36,183 @@ def test_every_profile_validates(name):
         (lambda c: c.update(precision="fp16"), "config key 'precision' is 'fp16'; allowed values: 'auto', 'bf16', 'fp32'"),
         (lambda c: c["tasks"]["qa_code"].update(model="gpt2"), "tasks.qa_code.model is 'gpt2', which is not defined"),
         (lambda c: c["tasks"]["qa_code"]["source"].update(heldot=3), "unknown config key 'tasks.qa_code.source.heldot'"),
-        (lambda c: c["tasks"]["qa_code"]["source"].update(kind="mbpp"), "'tasks.qa_code.source.kind' is 'mbpp'"),
-        (lambda c: c["tasks"]["translation"]["source"].update(heldout_fraction=1.5), "heldout_fraction' is 1.5; it must lie strictly between 0 and 1"),
-        (lambda c: c["sft"].update(max_steps=0), "config key 'sft.max_steps' is invalid"),
-        (lambda c: c["eval"]["ce"].update(batch_size="8"), "'eval.ce.batch_size' is invalid"),
-        (lambda c: c["tasks"].update(math={"model": "smollm2", "source": {"kind": "stdlib"}}), "tasks"),
+        (lambda c: c["tasks"]["qa_code"]["source"].update(kind="mbpp"), "'tasks.qa_code.source.kind' is 'mbpp'; allowed values: human_eval, stdlib, django, hub"),
+        (lambda c: c["tasks"]["translation"]["source"].update(heldout_fraction=1.5), "heldout_fraction' is 1.5; it must be < 1"),
+        (lambda c: c["sft"].update(max_steps=0), "config key 'sft.max_steps' is 0; it must be ≥ 1."),
+        (lambda c: c["eval"]["ce"].update(batch_size="8"), "config key 'eval.ce.batch_size' must be an integer, got '8'"),
+        (lambda c: c["tasks"].update(math={"model": "smollm2", "source": {"kind": "stdlib"}}), "tasks.math is not a task"),
         (lambda c: c["rlvr"].update(loss_type="ppo"), "config key 'rlvr.loss_type' is 'ppo'; allowed values: 'grpo'"),
         (lambda c: c["eval"]["code"].update(ks=[1, 8]), "config key 'eval.code.ks' is [1, 8]; every k must lie between 1 and n = 4"),
         (lambda c: c["eval"]["code"].update(greedy=True), "config key 'eval.code.n' is 4; greedy decoding gives one completion"),
         (lambda c: c["tasks"]["qa_code"].update(reward="bleu"), "config key 'tasks.qa_code.reward' is 'bleu'"),
         (lambda c: [t.pop("reward", None) for t in c["tasks"].values()], "methods lists rlvr but no task sets a 'reward'"),
-        (lambda c: c["tasks"]["translation"]["rlvr"].update(num_generations=1), "'tasks.translation.rlvr.num_generations' is"),
+        (lambda c: c["tasks"]["translation"]["rlvr"].update(num_generations=1), "'tasks.translation.rlvr.num_generations' is 1; it must be ≥ 2"),
+        (lambda c: c["tasks"]["translation"].update(ebft={"beta": 0.5, "n": 2}), "'tasks.translation.ebft.n' is 2; β > 0 needs n ≥ 3"),
+        # the four disagreements between the old schema and the old dataclasses, now one declaration each
+        (lambda c: c["tasks"]["qa_code"].update(chunk_length=1), "'tasks.qa_code.chunk_length' is 1; it must be ≥ 2"),
+        (lambda c: c["eval"]["ce"].update(max_chunks=0), "'eval.ce.max_chunks' is 0; it must be ≥ 1"),
+        (lambda c: c.update(seed=-1), "config key 'seed' is -1; it must be ≥ 0"),
+        (lambda c: c["eval"]["code"].update(human_eval_heldout=200), "'eval.code.human_eval_heldout' is 200; it must be ≤ 163"),
+        (lambda c: c["tasks"]["qa_code"].update(chunk_length=8), "tasks.qa_code: the strided layout does not fit its chunks"),
+        (lambda c: c["tasks"]["translation"].update(ebft={"init": "sft"}) or c.update(methods=["ebft"]), "tasks.translation.ebft.init is 'sft' but methods does not list sft"),
     ],
 )  # fmt: skip
 def test_bad_profiles_fail_with_one_sentence_naming_the_key(mutate, expected):
     cfg = profile("cpu")
     mutate(cfg)
     with pytest.raises(ConfigError) as info:
-        check_profile(cfg)
+        load_study(cfg)
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and message.endswith(".")
 
 
-def test_typed_sections_refuse_bad_values_the_schema_cannot_see():
-    with pytest.raises(ConfigError, match=r"config key 'sft.betas' is \[0.9\]; give two numbers"):
+def test_typed_sections_refuse_bad_values_directly_too():
+    with pytest.raises(ConfigError, match=r"config key 'sft.betas' is \[0.9\]; give at least 2 item"):
         build(SFTConfig, {"betas": [0.9]}, "sft")
+    with pytest.raises(ConfigError, match=r"'sft.betas' is \[0.9, 1.0\]; item 1 \(1.0\): it must be < 1"):
+        build(SFTConfig, {"betas": [0.9, 1.0]}, "sft")
     with pytest.raises(ConfigError, match="must be a number"):
         build(SFTConfig, {"lr": "fast"}, "sft")
     assert build(SFTConfig, {"lr": "1e-4"}, "sft").lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    with pytest.raises(Exception, match="it must be ≥ 1"):
+        SFTConfig(max_steps=0)  # constructing a section in code checks the same bounds
 
 
 def test_missing_profile_file_is_one_sentence():
     with pytest.raises(ConfigError, match="does not exist; pass a profile"):
-        load_profile_dict("config/nope.yaml")
+        read_study("config/nope.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# The schema is generated from the dataclasses, and both read the bounds the same way
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_committed_schema_is_the_generated_one():
+    assert SCHEMA_PATH.read_text() == schema_text(), "run `ebft schema > workflow/schemas/config.schema.yaml`"
+
+
+def bounded_fields():
+    """(section, field, subschema) for every field of every section that declares bounds."""
+    schema = profile_schema()
+    for section, spec in schema["$defs"].items():
+        for name, sub in spec["properties"].items():
+            keys = set(sub) | set(sub.get("items", {}))
+            if keys & {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems"}:
+                yield section, name, sub
+
+
+def probes(sub):
+    """Values on both sides of every numeric bound of a field (or of its items, or of its length)."""
+    integer = "integer" in (sub.get("type") if isinstance(sub.get("type"), list) else [sub.get("type")])
+    step = 1 if integer else 1e-3
+    out = []
+    for key, sign in (("minimum", 0), ("exclusiveMinimum", 1), ("maximum", 0), ("exclusiveMaximum", -1)):
+        if key in sub:
+            b = sub[key]
+            out += [b + sign * step, b - step, b + step]
+    items = sub.get("items", {})
+    item_int = items.get("type") == "integer"
+    for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        if key in items:
+            b = items[key]
+            for v in (b - (1 if item_int else 1e-3), b, b + (1 if item_int else 1e-3)):
+                out.append([v] * max(sub.get("minItems", 1), 1))
+    if "minItems" in sub or "maxItems" in sub:
+        ok_item = {"number": 0.5, "integer": 1, "string": "x"}.get(items.get("type"), 0.5)
+        for n in {sub.get("minItems", 1) - 1, sub.get("minItems", 1), sub.get("maxItems", 3), sub.get("maxItems", 3) + 1}:
+            if n >= 0:
+                out.append([ok_item] * n)
+    return out
+
+
+@pytest.mark.parametrize("section,name,sub", list(bounded_fields()), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_schema_and_the_typed_sections_agree_on_every_bound(section, name, sub):
+    from ebft import config
+
+    cls = getattr(config, section)
+    field = next(f for f in config.dataclasses.fields(cls) if f.name == name)
+    bounds, items = field.metadata["bounds"], field.metadata["items"]
+    values = probes(sub)
+    assert values, f"{section}.{name} declares bounds but no probe was made"
+    for value in values:
+        schema_ok = jsonschema.Draft202012Validator(sub).is_valid(value)
+        typed_ok = bound_problem(value, bounds, items) is None
+        assert schema_ok == typed_ok, f"{section}.{name} = {value!r}: schema {schema_ok}, typed {typed_ok}"
+
+
+def test_source_is_a_typed_union_chosen_by_kind():
+    from ebft.config import DjangoSource, HubSource, HumanEvalSource
+
+    study = load_study(profile("cpu"))
+    assert isinstance(study.task("qa_code").source, HumanEvalSource)
+    assert isinstance(study.task("translation").source, DjangoSource)
+    assert isinstance(load_study(profile("paper")).task("qa_code").source, HubSource)
+    bad = profile("paper")
+    del bad["tasks"]["qa_code"]["source"]["heldout"]
+    with pytest.raises(ConfigError, match="'tasks.qa_code.source.heldout' is missing; it is required"):
+        load_study(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolved jobs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_task_overrides_are_merged_once_onto_the_global_sections():
+    study = load_study(profile("paper"))
+    sft = study.task("translation").sft
+    assert sft.lr == 3e-6 and sft.scheduler == "cosine" and sft.batch_size == 16
+    ebft = study.task("translation").ebft
+    assert (ebft.c, ebft.s, ebft.G, ebft.pooling, ebft.lr) == (4, 2, 4, "mean", 1e-6)
+    assert study.job("train", task="translation", method="ebft").ebft_config() == ebft
+
+
+def test_a_job_from_the_workflows_json_is_the_job_from_the_profile():
+    study = read_study("config/cpu.yaml")
+    for args in [("train", {"task": "qa_code", "method": "rlvr"}), ("eval", {"task": "translation", "method": "ebft",
+                 "kind": "fm"}), ("prepare-model", {"model": "smollm2"}), ("report", {})]:  # fmt: skip
+        job = study.job(args[0], **args[1])
+        again = job_from_json(job.to_json())
+        assert again == job and again.hash == job.hash
+
+
+def test_a_job_hash_follows_exactly_the_settings_that_define_it():
+    raw = profile("cpu")
+    base = load_study(raw)
+    changed = copy.deepcopy(raw)
+    changed["ebft"]["lr"] = 5e-4
+    other = load_study(changed)
+    for task in ("qa_code", "translation"):
+        assert other.job("train", task=task, method="ebft").hash != base.job("train", task=task, method="ebft").hash
+        # RLVR shares EBFT's optimiser: it reruns; SFT and the base model's evaluations do not
+        assert other.job("train", task=task, method="rlvr").hash != base.job("train", task=task, method="rlvr").hash
+        assert other.job("train", task=task, method="sft").hash == base.job("train", task=task, method="sft").hash
+        for kind in ("ce", "fm"):
+            assert other.job("eval", task=task, method="base", kind=kind).hash == base.job(
+                "eval", task=task, method="base", kind=kind).hash  # fmt: skip
+            assert other.job("eval", task=task, method="ebft", kind=kind).hash != base.job(
+                "eval", task=task, method="ebft", kind=kind).hash  # fmt: skip
+    renamed = copy.deepcopy(raw)
+    renamed["results_dir"] = "elsewhere"
+    assert load_study(renamed).job("train", task="qa_code", method="ebft").hash == base.job(
+        "train", task="qa_code", method="ebft").hash  # fmt: skip
+
+
+def test_a_per_task_sft_init_starts_from_that_tasks_sft_job():
+    raw = profile("cpu")
+    raw["tasks"]["translation"]["ebft"]["init"] = "sft"
+    study = load_study(raw)
+    sft_hash = study.job("train", task="translation", method="sft").hash
+    assert study.job("train", task="translation", method="ebft").start == f"sft:{sft_hash}"
+    assert study.job("train", task="translation", method="rlvr").start == f"sft:{sft_hash}"
+    assert study.job("train", task="qa_code", method="ebft").start == "base"
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line and the workflow
+# --------------------------------------------------------------------------------------------------
 
 
 def test_cli_reports_a_bad_config_without_traceback(tmp_path, cli_env):
@@ -92,14 +242,14 @@ def test_snakemake_reports_a_bad_config_without_traceback(tmp_path, cli_env):
     assert "Traceback" not in out
 
 
-def test_task_sft_overrides_apply_on_top_of_the_global_section():
-    from ebft.cli import _task_sft
-    from ebft.config import TaskConfig, section
-
-    raw = profile("paper")
-    tc = section(raw, TaskConfig, "tasks.translation")
-    sft = _task_sft(raw, tc)
-    assert sft.lr == 3e-6 and sft.scheduler == "cosine" and sft.batch_size == 16
-    raw["tasks"]["translation"]["sft"] = {"lrr": 1.0}
-    with pytest.raises(ConfigError):
-        check_profile(raw)
+def test_no_module_reads_the_raw_profile_but_the_resolver():
+    """The workflow and the commands hold a Study or a Job; only ebft.resolve and ebft.config read raw YAML."""
+    readers = []
+    for path in [*REPO.glob("ebft/*.py"), *REPO.glob("baselines/*.py"), *REPO.glob("evals/*.py"),
+                 *REPO.glob("workflow/rules/*.smk"), REPO / "Snakefile"]:  # fmt: skip
+        text = path.read_text()
+        if path.name in ("resolve.py", "config.py"):
+            continue
+        if 'config["' in text or "config.get(" in text or "raw.get(" in text or "read_profile_file" in text:
+            readers.append(path.name)
+    assert readers == []

@@ -13,7 +13,7 @@ from ebft.data import human_eval_split
 from ebft.errors import ConfigError, UserError
 from ebft.packing import pack_examples
 from ebft.strided import block_valid, generated_logprobs, strided_forward
-from ebft.trainer import kl_penalty, train_ebft
+from ebft.trainer import kl_penalty, reinforce_sum, train_ebft
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,13 @@ def test_document_masking_invalidates_blocks_that_leave_their_document():
     assert block_valid(packed, 1, 1, 2, answer_only=False).tolist() == [[True] * 7 + [False]]
 
 
-def test_a_run_with_document_masking(tiny_model_dir, records, tmp_path):
-    summary = run(tiny_model_dir, records, tmp_path, document_mask=True, max_steps=1)
-    assert summary["steps"] == 1 and summary["ebft"]["document_mask"] is True
+def test_a_run_with_document_masking_trains_only_blocks_inside_one_document(tiny_model_dir, records, tmp_path):
+    plain = run(tiny_model_dir, records, tmp_path / "plain", max_steps=1)
+    masked = run(tiny_model_dir, records, tmp_path / "masked", document_mask=True, max_steps=1)
+    assert masked["valid_block_fraction"] < plain["valid_block_fraction"]  # blocks crossing a document boundary drop
+    rows = {name: next(csv.DictReader((tmp_path / name / "train_metrics.csv").open())) for name in ("plain", "masked")}
+    assert int(rows["masked"]["valid_blocks"]) < int(rows["plain"]["valid_blocks"])
+    assert math.isfinite(float(rows["masked"]["loss"]))
 
 
 def test_kl_estimators():
@@ -75,12 +79,12 @@ def test_kl_estimators():
 
 
 def run(tiny_model_dir, records, out, **kw):
+    extra = {k: kw.pop(k) for k in ("halt_after", "settings_hash") if k in kw}
     settings = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "max_steps": 3,
-                "checkpoint_every": 1, **{k: v for k, v in kw.items() if k != "halt_after"}}  # fmt: skip
+                "checkpoint_every": 1, **kw}  # fmt: skip
     cfg = EBFTConfig(**settings)
     return train_ebft(base_dir=tiny_model_dir, start_dir=tiny_model_dir, train_records=records, chunk_length=64,
-                      finetune=FinetuneConfig(), cfg=cfg, precision="fp32", seed=7, out=out,
-                      halt_after=kw.get("halt_after"))  # fmt: skip
+                      finetune=FinetuneConfig(), cfg=cfg, precision="fp32", seed=7, out=out, **extra)  # fmt: skip
 
 
 def trainable_weights(path):
@@ -144,12 +148,69 @@ def test_kl_to_the_starting_policy_is_zero_at_first_and_positive_after_an_update
     assert kl[0] == 0.0 and kl[1] > 0  # LoRA starts exactly at the reference
 
 
-def test_tensorboard_is_honoured_or_refused(tiny_model_dir, records, tmp_path):
-    import importlib.util
+def test_tensorboard_is_refused_in_one_sentence_without_its_package(tiny_model_dir, records, tmp_path, monkeypatch):
+    import sys
 
-    if importlib.util.find_spec("tensorboard") is None:
-        with pytest.raises(UserError, match="tensorboard package"):
-            run(tiny_model_dir, records, tmp_path, tensorboard=True, max_steps=1)
-    else:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(UserError, match="tensorboard package"):
         run(tiny_model_dir, records, tmp_path, tensorboard=True, max_steps=1)
-        assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_tensorboard_gets_every_logged_scalar(tiny_model_dir, records, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class Writer:
+        def __init__(self, logdir):
+            self.logdir = logdir
+
+        def add_scalar(self, key, value, step):
+            written.append((key, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    run(tiny_model_dir, records, tmp_path, tensorboard=True, max_steps=2)
+    assert {("reward", 1), ("reward", 2), ("ce", 2), ("lr", 1)} <= set(written)
+
+
+def test_a_sequence_without_a_valid_block_does_not_dilute_the_policy_loss():
+    """Regression: the mean over sequences counted sequences whose blocks were all invalid (padding)."""
+    adv = torch.tensor([[1.0, -2.0], [1.0, 0.5], [3.0, 3.0]])  # (R = 3 sequences, NB = 2)
+    logp = -torch.arange(12, dtype=torch.float32).view(3, 2, 2) / 10  # (R, NB, G = 2)
+    keep = torch.ones(3, 2, 2)
+    keep[1, 1] = 0  # sequence 1: only block 0 counts
+    keep[2] = 0  # sequence 2: no valid block at all
+    # by hand: sequence 0: −(1·(0 + −.1) + −2·(−.2 + −.3)) / 4 = −(−.1 + 1.0) / 4 = −.225
+    #          sequence 1: −(1·(−.4 + −.5)) / 2 = .45; sequence 2 has nothing to train
+    assert math.isclose(reinforce_sum(adv, logp, keep).item(), -0.225 + 0.45, abs_tol=1e-6)
+    counted = int((keep.sum(dim=(1, 2)) > 0).sum())
+    assert counted == 2  # the trainer divides by this: the loss is .1125, not the .075 of a mean over all 3
+
+
+def test_a_batch_with_a_padding_only_chunk_trains_on_the_other_chunk(tiny_model_dir, tmp_path):
+    """A chunk of padding has no valid block; the step still trains on the others and its loss stays finite."""
+    short = [{"id": "a", "question": "", "answer": "x = 1\n" * 40, "tests": None, "entry_point": None, "meta": {}},
+             {"id": "b", "question": "", "answer": "y", "tests": None, "entry_point": None, "meta": {}}]  # fmt: skip
+    summary = run(tiny_model_dir, short, tmp_path, max_steps=1, batch_size=2, c=4, s=4, G=4)
+    assert 0 < summary["valid_block_fraction"] < 1
+    row = next(csv.DictReader((tmp_path / "train_metrics.csv").open()))
+    assert math.isfinite(float(row["policy_loss"])) and float(row["grad_norm"]) > 0
+
+
+def test_a_checkpoint_written_under_other_settings_is_never_continued(tiny_model_dir, records, tmp_path, capfd):
+    """Regression: after a config edit the run resumed at the last step, trained nothing and kept the old weights."""
+    out = tmp_path / "run"
+    run(tiny_model_dir, records, out, max_steps=2, lr=1e-3, settings_hash="first")
+    first = trainable_weights(out)
+    run(tiny_model_dir, records, out, max_steps=2, lr=5e-3, settings_hash="second")
+    assert "written under other settings (first ≠ second); starting afresh" in capfd.readouterr().err
+    rows = list(csv.DictReader((out / "train_metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2"]  # every step trained again, the old rows not kept
+    assert float(rows[-1]["lr"]) == 5e-3
+    second = trainable_weights(out)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert torch.load(out / "checkpoint/state.pt", weights_only=False)["settings_hash"] == "second"

@@ -1,96 +1,59 @@
-# Validation of the profile, the output layout, and the config each rule passes to the `ebft` CLI.
-import json
+# The study as the resolver reads it (ebft.resolve): the only place the raw profile is read. Rules ask it which tasks,
+# methods, evaluations and files exist, and pass each job's resolved settings to the `ebft` CLI as JSON (`--job`):
+# a job reruns when, and only when, a setting that defines it changes (Snakemake's params rerun trigger).
 import shlex
 import sys
 from pathlib import Path
 
-from ebft.config import CodeEvalConfig, build, check_profile
 from ebft.errors import ConfigError
-from ebft.paths import Layout
+from ebft.resolve import load_study
+from evals.metrics import figure_metrics
 
 try:
-    check_profile(config)
+    STUDY = load_study(config)
 except ConfigError as error:
     sys.exit(f"Config error: {error}")
 
 # The `ebft` command of the environment running Snakemake, so `.venv/bin/snakemake` works without activating it.
 _ebft = Path(sys.executable).parent / "ebft"
 EBFT = shlex.quote(str(_ebft)) if _ebft.exists() else "ebft"
-L = Layout(config.get("results_dir", "results"), config["profile"])
-TASKS = list(config["tasks"])
-METHODS = list(config.get("methods", ["sft"]))
-EVAL_METHODS = ["base"] + METHODS
-EVALS = ["ce", "fm"]  # validation cross-entropy, held-out feature-matching loss: every task
-# RLVR needs a verifiable reward (unit tests, chrF); code evaluation (pass@k) needs problems with tests
-RLVR_TASKS = [t for t in TASKS if config["tasks"][t].get("reward", "none") != "none"]
-CODE_TASKS = [t for t in TASKS if config["tasks"][t].get("code_eval", "none") != "none"]
-MODELS = sorted({config["tasks"][t]["model"] for t in TASKS})
+L = STUDY.layout
+TASKS = list(STUDY.tasks)
 
 
 wildcard_constraints:
     task="|".join(TASKS),
-    method="|".join(EVAL_METHODS),
-    model="|".join(MODELS),
+    method="|".join(["base", *STUDY.profile.methods]),
+    model="|".join(STUDY.models),
 
 
-def cfg_json(*sections, task=None, model=None, evaluation=None):
-    """The profile's shared keys plus only the sections one rule needs, as JSON: a change elsewhere does not
-    re-run the rule (Snakemake's params rerun trigger). ``evaluation`` keeps one subsection of ``eval``."""
-    keep = {k: config[k] for k in ("profile", "results_dir", "offline", "seed", "precision") if k in config}
-    keep.update({k: config[k] for k in sections if k in config})
-    if task is not None:
-        keep["tasks"] = {task: config["tasks"][task]}
-        model = config["tasks"][task]["model"] if model is None else model
-    if model is not None:
-        keep["models"] = {model: config["models"][model]}
-    if evaluation is not None:
-        keep["eval"] = {evaluation: config.get("eval", {}).get(evaluation, {})}
-    return json.dumps(keep, sort_keys=True)
+def model_job(wildcards):
+    return STUDY.job("prepare-model", model=wildcards.model).to_json()
 
 
-def model_config(wildcards):
-    """prepare_model needs the model's source, not how prompts are written for it."""
-    entry = {k: v for k, v in config["models"][wildcards.model].items() if k != "prompt_format"}
-    return json.dumps({**json.loads(cfg_json()), "models": {wildcards.model: entry}}, sort_keys=True)
+def data_job(wildcards):
+    return STUDY.job("prepare-data", task=wildcards.task).to_json()
 
 
-def data_config(wildcards):
-    return cfg_json(task=wildcards.task)
+def train_job(method):
+    """The params function of one training rule: the resolved settings of `method` on the wildcard's task."""
+    return lambda wildcards: STUDY.job("train", task=wildcards.task, method=method).to_json()
 
 
-def sft_config(wildcards):
-    return cfg_json("finetune", "sft", task=wildcards.task)
-
-
-def ebft_config(wildcards):
-    return cfg_json("finetune", "ebft", task=wildcards.task)
-
-
-def rlvr_config(wildcards):
-    return cfg_json("finetune", "ebft", "rlvr", task=wildcards.task)
-
-
-def ce_config(wildcards):
-    return cfg_json(task=wildcards.task, evaluation="ce")
-
-
-def fm_config(wildcards):
-    return cfg_json("ebft", task=wildcards.task, evaluation="fm")
-
-
-def code_config(wildcards):
-    return cfg_json(task=wildcards.task, evaluation="code")
-
-
-def ebft_start(wildcards):
-    """EBFT's starting policy: the base model, or the task's SFT checkpoint when ebft.init is 'sft'."""
-    if config.get("ebft", {}).get("init", "base") == "sft":
-        return L.checkpoint("sft", wildcards.task)
-    return task_base_model(wildcards)
+def eval_job(kind):
+    """The params function of one evaluation rule."""
+    return lambda wildcards: STUDY.job("eval", task=wildcards.task, method=wildcards.method, kind=kind).to_json()
 
 
 def task_base_model(wildcards):
-    return L.model_dir(config["tasks"][wildcards.task]["model"])
+    return L.model_dir(STUDY.task(wildcards.task).model_name)
+
+
+def start_model(wildcards):
+    """EBFT's and RLVR's starting policy: the base model, or the task's SFT checkpoint when its ebft.init is 'sft'."""
+    if STUDY.task(wildcards.task).ebft.init == "sft":
+        return L.checkpoint("sft", wildcards.task)
+    return task_base_model(wildcards)
 
 
 def eval_model(wildcards):
@@ -104,36 +67,24 @@ def all_cores(wildcards):
     return workflow.cores
 
 
-def trained(task):
-    """The methods trained on ``task``: RLVR only where the task has a verifiable reward."""
-    return [m for m in METHODS if m != "rlvr" or task in RLVR_TASKS]
-
-
 def eval_records():
     """Every evaluation record the report collects: CE and FM everywhere, pass@k on the code tasks."""
-    records = []
-    for task in TASKS:
-        kinds = EVALS + (["code"] if task in CODE_TASKS else [])
-        records += [L.eval_file(kind, task, m) for kind in kinds for m in ["base"] + trained(task)]
-    return records
+    return [L.eval_file(kind, task, m) for task in TASKS for kind in STUDY.eval_kinds(task) for m in STUDY.evaluated(task)]
 
 
 def figures():
-    """The report's figures: one per metric the study produces."""
-    metrics = ["val_ce", "fm_loss"]
-    if CODE_TASKS:
-        ks = build(CodeEvalConfig, config.get("eval", {}).get("code"), "eval.code").ks  # the typed defaults
-        metrics += sorted({f"pass@{k}" for k in ks})
-    return [L.figure(m) for m in metrics]
+    """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
+    kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
+    return [L.figure(m) for m in figure_metrics(kinds, STUDY.profile.eval.code.ks)]
 
 
 def study_products():
     """Every file the study produces. `all` asks for each of them, so deleting any one output rebuilds it and
     then only what depends on it (Snakemake otherwise skips a missing intermediate whose consumers are current)."""
-    products = [L.model_dir(m) for m in MODELS]
+    products = [L.model_dir(m) for m in STUDY.models]
     for task in TASKS:
         products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
-        products += [L.checkpoint(m, task) for m in trained(task)]
-        if task in CODE_TASKS:
-            products += [L.samples_file(task, m) for m in ["base"] + trained(task)]
+        products += [L.checkpoint(m, task) for m in STUDY.trained(task)]
+        if "code" in STUDY.eval_kinds(task):
+            products += [L.samples_file(task, m) for m in STUDY.evaluated(task)]
     return products + eval_records()

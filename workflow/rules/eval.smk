@@ -5,13 +5,13 @@ rule eval_ce:
     output:
         L.eval_file("ce", "{task}", "{method}"),
     params:
-        cfg=ce_config,
+        job=eval_job("ce"),
         data=lambda wildcards, input: Path(input.heldout).parent,
     log:
         L.log("eval_ce", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "{EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -23,13 +23,13 @@ rule eval_fm:
     output:
         L.eval_file("fm", "{task}", "{method}"),
     params:
-        cfg=fm_config,
+        job=eval_job("fm"),
         data=lambda wildcards, input: Path(input.heldout).parent,
     log:
         L.log("eval_fm", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "{EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --base-dir {input.base} --data-dir {params.data} --out {output} "
         "--threads {threads} > {log} 2>&1"
 
@@ -42,12 +42,12 @@ rule eval_code:
         record=L.eval_file("code", "{task}", "{method}"),
         samples=L.samples_file("{task}", "{method}"),
     params:
-        cfg=code_config,
+        job=eval_job("code"),
         data=lambda wildcards, input: Path(input.heldout).parent,
     log:
         L.log("eval_code", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --config {params.cfg:q} "
+        "{EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
         "--threads {threads} > {log} 2>&1"

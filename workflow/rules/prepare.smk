@@ -2,12 +2,12 @@ rule prepare_model:
     output:
         directory(L.model_dir("{model}")),
     params:
-        cfg=model_config,
+        job=model_job,
     log:
         L.log("prepare_model", "{model}"),
     threads: all_cores
     shell:
-        "{EBFT} prepare-model --config {params.cfg:q} --model {wildcards.model} --out {output} "
+        "{EBFT} prepare-model --job {params.job:q} --model {wildcards.model} --out {output} "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -17,9 +17,9 @@ rule prepare_data:
         heldout=L.data_dir("{task}") / "heldout.jsonl",
         manifest=L.data_dir("{task}") / "manifest.json",
     params:
-        cfg=data_config,
+        job=data_job,
         out=lambda wildcards, output: Path(output.manifest).parent,
     log:
         L.log("prepare_data", "{task}"),
     shell:
-        "{EBFT} prepare-data --config {params.cfg:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"
+        "{EBFT} prepare-data --job {params.job:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"

@@ -13,10 +13,10 @@ rule report:
             for path in figures()
         ],
     params:
-        cfg=cfg_json("methods", "tasks"),
+        job=STUDY.job("report").to_json(),
         figures=L.figures_dir,
     log:
         L.log("report"),
     shell:
-        "{EBFT} report --config {params.cfg:q} {input} --metrics-csv {output.csv} --table {output.table} "
+        "{EBFT} report --job {params.job:q} {input} --metrics-csv {output.csv} --table {output.table} "
         "--figures {params.figures} > {log} 2>&1"

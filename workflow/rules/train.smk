@@ -7,42 +7,42 @@ rule train_sft:
         metrics=L.run_dir("sft", "{task}") / "train_metrics.csv",
         config=L.run_dir("sft", "{task}") / "resolved_config.yaml",
     params:
-        cfg=sft_config,
+        job=train_job("sft"),
         data=lambda wildcards, input: Path(input.train).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_sft", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method sft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "{EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule train_ebft:
     input:
         model=task_base_model,
-        start=ebft_start,
+        start=start_model,
         train=L.data_dir("{task}") / "train.jsonl",
     output:
         model=directory(L.checkpoint("ebft", "{task}")),
         metrics=L.run_dir("ebft", "{task}") / "train_metrics.csv",
         config=L.run_dir("ebft", "{task}") / "resolved_config.yaml",
     params:
-        cfg=ebft_config,
+        job=train_job("ebft"),
         data=lambda wildcards, input: Path(input.train).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_ebft", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method ebft --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "{EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
 rule train_rlvr:
     input:
         model=task_base_model,
-        start=ebft_start,
+        start=start_model,
         train=L.data_dir("{task}") / "train.jsonl",
     output:
         model=directory(L.checkpoint("rlvr", "{task}")),
@@ -50,12 +50,12 @@ rule train_rlvr:
         config=L.run_dir("rlvr", "{task}") / "resolved_config.yaml",
         settings=L.run_dir("rlvr", "{task}") / "rlvr_settings.yaml",
     params:
-        cfg=rlvr_config,
+        job=train_job("rlvr"),
         data=lambda wildcards, input: Path(input.train).parent,
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_rlvr", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method rlvr --task {wildcards.task} --config {params.cfg:q} --model-dir {input.model} "
+        "{EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"

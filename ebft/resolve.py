@@ -1,0 +1,283 @@
+"""The one reader of a profile: raw YAML → typed :class:`Study` → the typed :class:`Job` settings of one command.
+
+Config flows one way. :func:`load_study` builds the profile's typed sections (:mod:`ebft.config`) and merges each
+task's overrides (``tasks.<task>.sft/ebft/rlvr``) onto the global sections, once. :meth:`Study.job` then gives the
+settings that define one job (prepare a model, prepare a task's data, train a method, evaluate a checkpoint,
+report): exactly the settings that change its result, nothing else, so that
+
+- the ``ebft`` CLI runs from a :class:`Job` whether a person passed ``--config config/cpu.yaml`` or the workflow
+  passed the job's JSON (``--job``), and the provenance hash (:attr:`Job.hash`) is the same either way;
+- the Snakemake rules pass that JSON as their ``params``, so a job reruns when, and only when, a setting that
+  defines it changes;
+- a training job's settings include its starting point (the base model's source, or the hash of the SFT job it
+  starts from), and an evaluation's include the hash of the training job that produced its checkpoint.
+
+The workflow asks the study which tasks, methods, evaluations and files exist; no rule re-derives a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ebft import layout
+from ebft.config import (
+    METHODS,
+    OVERRIDES,
+    CEEvalConfig,
+    CodeEvalConfig,
+    EBFTConfig,
+    FinetuneConfig,
+    FMEvalConfig,
+    ModelConfig,
+    ModelSource,
+    Profile,
+    RLVRConfig,
+    SFTConfig,
+    Source,
+    build,
+    config_hash,
+    plain,
+)
+from ebft.errors import ConfigError, UserError
+from ebft.paths import Layout
+
+COMMANDS = ("prepare-model", "prepare-data", "train", "eval", "report")
+EVAL_KINDS = ("ce", "fm", "code")  # validation cross-entropy, held-out feature-matching loss, pass@k
+# the EBFT settings that decide the held-out FM loss (the rollouts' layout and sampling, the features) and those
+# RLVR shares with EBFT (budget, batch, optimiser, starting point)
+FM_EBFT_FIELDS = ("c", "s", "G", "temperature", "top_p", "feature_layers", "pooling", "answer_only", "document_mask")
+RLVR_EBFT_FIELDS = ("n", "batch_size", "max_steps", "epochs", "lr", "scheduler", "warmup_ratio", "betas",
+                    "weight_decay", "grad_clip", "init")  # fmt: skip
+HASH_EXCLUDES = ("profile", "results_dir", "offline")  # where results go and how models are fetched
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a study with every override merged."""
+
+    name: str
+    model_name: str
+    model: ModelConfig
+    source: Source
+    chunk_length: int
+    reward: str
+    code_eval: str
+    sft: SFTConfig
+    ebft: EBFTConfig
+    rlvr: RLVRConfig
+
+
+@dataclass
+class Job:
+    """The settings that define one job of the study, typed; built from a profile or from the workflow's JSON.
+
+    Fields a command does not use are None. ``ebft`` holds the task's resolved EBFT settings, or only the part a job
+    uses (:data:`FM_EBFT_FIELDS`, :data:`RLVR_EBFT_FIELDS`); :meth:`ebft_config` types it.
+    """
+
+    command: Literal["prepare-model", "prepare-data", "train", "eval", "report"]
+    profile: str
+    results_dir: str = "results"
+    offline: bool = True
+    seed: int = 43
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    task: str | None = None
+    method: str | None = None  # training method, or 'base' for an evaluation of the base model
+    kind: Literal["ce", "fm", "code"] | None = None
+    model_name: str | None = None
+    model: ModelSource | None = None
+    prompt_format: Literal["raw", "chat"] | None = None
+    source: Source | None = None
+    chunk_length: int | None = None
+    reward: Literal["unit_tests", "chrf", "none"] | None = None
+    code_eval: Literal["none", "heldout", "human_eval"] | None = None
+    finetune: FinetuneConfig | None = None
+    sft: SFTConfig | None = None
+    ebft: dict[str, Any] | None = None
+    rlvr: RLVRConfig | None = None
+    ce: CEEvalConfig | None = None
+    fm: FMEvalConfig | None = None
+    code: CodeEvalConfig | None = None
+    start: str | None = None  # training from: 'base', or 'sft:<hash of the SFT job>'
+    trained: str | None = None  # evaluation of a checkpoint: the hash of the job that trained it
+    methods: list[str] | None = None  # report: the trained methods
+    no_verifier: list[str] | None = None  # report: tasks without an RLVR reward (their RLVR cells read n/a)
+
+    @property
+    def hash(self) -> str:
+        """Provenance hash: every setting of the job except where its files go."""
+        data = {k: v for k, v in plain(self).items() if k not in HASH_EXCLUDES and v is not None}
+        return config_hash(data)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.results_dir, self.profile)
+
+    def ebft_config(self) -> EBFTConfig:
+        if self.ebft is None:
+            raise ValueError(f"the {self.command} job of {self.task}/{self.method} carries no EBFT settings")
+        return build(EBFTConfig, self.ebft, "ebft")
+
+    def to_json(self) -> str:
+        """The job as the workflow passes it (``--job``): unused (None) fields left out."""
+        import json
+
+        return json.dumps({k: v for k, v in plain(self).items() if v is not None}, sort_keys=True)
+
+
+def job_from_json(text: str) -> Job:
+    import json
+
+    return build(Job, json.loads(text), "job")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A typed profile with its tasks resolved: what the workflow and the CLI ask every question of."""
+
+    profile: Profile
+    tasks: dict[str, Task] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.profile.results_dir, self.profile.profile)
+
+    def task(self, name: str) -> Task:
+        if name not in self.tasks:
+            raise UserError(f"the profile {self.profile.profile!r} has no task {name!r}; it has "
+                            f"{', '.join(self.tasks)}.")  # fmt: skip
+        return self.tasks[name]
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.profile.models:
+            raise UserError(f"the profile {self.profile.profile!r} has no model {name!r}; it has "
+                            f"{', '.join(self.profile.models)}.")  # fmt: skip
+        return self.profile.models[name]
+
+    @property
+    def models(self) -> list[str]:
+        """The models the tasks use (each prepared once)."""
+        return sorted({t.model_name for t in self.tasks.values()})
+
+    def trained(self, task: str) -> list[str]:
+        """The methods trained on ``task``: RLVR only where the task has a verifiable reward."""
+        has_reward = self.task(task).reward != "none"
+        return [m for m in self.profile.methods if m != "rlvr" or has_reward]
+
+    def evaluated(self, task: str) -> list[str]:
+        return ["base", *self.trained(task)]
+
+    def eval_kinds(self, task: str) -> list[str]:
+        return ["ce", "fm"] + (["code"] if self.task(task).code_eval != "none" else [])
+
+    @property
+    def no_verifier(self) -> list[str]:
+        """Tasks whose RLVR cells read 'n/a (no verifier)' (only when RLVR is one of the methods)."""
+        if "rlvr" not in self.profile.methods:
+            return []
+        return [t for t, spec in self.tasks.items() if spec.reward == "none"]
+
+    def start(self, task: str) -> str:
+        """EBFT's and RLVR's starting point: 'base', or 'sft:<hash>' of the task's SFT job."""
+        if self.task(task).ebft.init == "sft":
+            return f"sft:{self.job('train', task=task, method='sft').hash}"
+        return "base"
+
+    # ----------------------------------------------------------------------------------------------
+
+    def job(self, command: str, *, task: str | None = None, method: str | None = None, kind: str | None = None,
+            model: str | None = None) -> Job:  # fmt: skip
+        """The settings that define one job; refuses a combination the study does not have."""
+        p = self.profile
+        common = {"command": command, "profile": p.profile, "results_dir": p.results_dir, "offline": p.offline}
+        if command == "prepare-model":
+            cfg = self.model(model)
+            return Job(**common, model_name=model, model=cfg.origin)
+        if command == "report":
+            return Job(**common, methods=list(p.methods), no_verifier=self.no_verifier)
+        spec = self.task(task)
+        base = {**common, "seed": p.seed, "task": task, "model_name": spec.model_name, "source": spec.source}
+        if command == "prepare-data":
+            return Job(**{**base, "model_name": None}, chunk_length=None)
+        base.update(precision=p.precision, model=spec.model.origin, chunk_length=spec.chunk_length)
+        if command == "train":
+            return self._train_job(base, spec, method)
+        if command == "eval":
+            return self._eval_job(base, spec, method, kind)
+        raise ValueError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+
+    def _train_job(self, base: dict, spec: Task, method: str | None) -> Job:
+        if method not in METHODS:
+            raise UserError(f"training method {method!r} is not available; choose one of {', '.join(METHODS)}.")
+        if method == "rlvr" and spec.reward == "none":
+            raise UserError(f"{spec.name} has no verifiable reward (tasks.{spec.name}.reward is 'none'), so RLVR "
+                            f"cannot train on it; set a reward or drop rlvr for this task.")  # fmt: skip
+        train = {**base, "method": method, "finetune": self.profile.finetune}
+        if method == "sft":
+            return Job(**train, sft=spec.sft)
+        start = self.start(spec.name)
+        if method == "ebft":
+            return Job(**train, ebft=plain(spec.ebft), start=start)
+        shared = {k: getattr(spec.ebft, k) for k in RLVR_EBFT_FIELDS}
+        return Job(**train, ebft=shared, rlvr=spec.rlvr, reward=spec.reward, prompt_format=spec.model.prompt_format,
+                   start=start)  # fmt: skip
+
+    def _eval_job(self, base: dict, spec: Task, method: str | None, kind: str | None) -> Job:
+        if kind not in EVAL_KINDS:
+            raise UserError(f"evaluation {kind!r} is not available; choose 'ce' (validation cross-entropy), "
+                            f"'fm' (held-out feature-matching loss) or 'code' (pass@k).")  # fmt: skip
+        if method != "base" and method not in METHODS:
+            raise UserError(f"method {method!r} is not available; choose 'base' or one of {', '.join(METHODS)}.")
+        trained = None if method == "base" else self.job("train", task=spec.name, method=method).hash
+        job = {**base, "method": method, "kind": kind, "trained": trained}
+        ev = self.profile.eval
+        if kind == "ce":
+            return Job(**job, ce=ev.ce)
+        if kind == "fm":
+            return Job(**job, fm=ev.fm, ebft={k: getattr(spec.ebft, k) for k in FM_EBFT_FIELDS})
+        if spec.code_eval == "none":
+            raise UserError(f"{spec.name} has no code evaluation (tasks.{spec.name}.code_eval is 'none'); set it to "
+                            f"heldout or human_eval.")  # fmt: skip
+        return Job(**job, code=ev.code, code_eval=spec.code_eval, prompt_format=spec.model.prompt_format)
+
+
+def load_study(raw: dict) -> Study:
+    """Type a raw profile and resolve its tasks; every mistake is one ConfigError sentence naming the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a profile must be a mapping of settings; start from config/cpu.yaml.")
+    profile = build(Profile, raw, "")
+    tasks = {}
+    for name, tc in profile.tasks.items():
+        if tc.model not in profile.models:
+            raise ConfigError(f"tasks.{name}.model is {tc.model!r}, which is not defined under 'models' "
+                              f"(defined: {', '.join(profile.models)}); add it or fix the name.")  # fmt: skip
+        merged = {}
+        for key, cls in OVERRIDES.items():
+            overrides = getattr(tc, key) or {}
+            where = f"tasks.{name}.{key}" if overrides else key
+            merged[key] = build(cls, {**plain(getattr(profile, key)), **overrides}, where)
+        ebft = merged["ebft"]
+        try:
+            layout.num_blocks(tc.chunk_length, ebft.c, ebft.s, ebft.G)
+        except ValueError as e:
+            raise ConfigError(f"tasks.{name}: the strided layout does not fit its chunks ({e}); change "
+                              f"chunk_length or ebft.c/s/G.") from None  # fmt: skip
+        tasks[name] = Task(name=name, model_name=tc.model, model=profile.models[tc.model], source=tc.source,
+                           chunk_length=tc.chunk_length, reward=tc.reward, code_eval=tc.code_eval,
+                           **merged)  # fmt: skip
+    study = Study(profile, tasks)
+    if "rlvr" in profile.methods and not any(t.reward != "none" for t in tasks.values()):
+        raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")
+    for name, spec in tasks.items():
+        if spec.ebft.init == "sft" and {"ebft", "rlvr"} & set(profile.methods) and "sft" not in profile.methods:
+            where = f"tasks.{name}.ebft.init" if (profile.tasks[name].ebft or {}).get("init") else "ebft.init"
+            raise ConfigError(f"{where} is 'sft' but methods does not list sft; add it or set it to 'base'.")
+    return study
+
+
+def read_study(spec: str) -> Study:
+    """A study from a profile file (or a profile's JSON)."""
+    from ebft.config import read_profile_file
+
+    return load_study(read_profile_file(spec))
