@@ -82,10 +82,12 @@ def train_sft(
     with log:
         while step < total_steps:
             batches = iter(loader)
-            for _ in range(steps_per_epoch):
+            for within in range(steps_per_epoch):
                 if step == total_steps:
                     break
-                micro = [next(batches) for _ in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L))]
+                first = within * sft.grad_accum  # index of the step's first micro-batch in the epoch
+                micro = [_real_rows(next(batches), first + j, len(chunks), sft.batch_size, accelerator)
+                         for j in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L))]  # fmt: skip
                 row = sft_step(model, optimizer, scheduler, accelerator, micro, sft.grad_clip)
                 step += 1
                 row.update(step=step, epoch=epoch)
@@ -117,6 +119,22 @@ def train_sft(
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _real_rows(batch, index: int, num_chunks: int, batch_size: int, accelerator):
+    """This process's part of global micro-batch ``index``, with targets only on real rows.
+
+    With several processes accelerate fills an epoch's last, short batch up to ``batch_size`` with chunks from the
+    epoch's start, so that every process gets rows; those fillers must not count twice, so their targets are
+    cleared. One process never gets fillers.
+    """
+    ids, mask = batch
+    real = min(batch_size, num_chunks - index * batch_size)  # rows of the global batch that are data
+    share = batch_size // accelerator.num_processes
+    position = accelerator.process_index * share + torch.arange(ids.shape[0], device=mask.device)
+    if (position >= real).any():
+        mask = mask & (position < real)[:, None]
+    return ids, mask
 
 
 def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:

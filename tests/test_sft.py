@@ -1,5 +1,6 @@
 import csv
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,29 +51,58 @@ def test_sft_is_reproducible_for_a_seed(tmp_path, tiny_model_dir, records):
     assert losses[0] == losses[1]
 
 
+def epoch_bound_profile(tmp_path) -> Path:
+    """The smoke profile with budgets bounded by epochs and schedules whose rate changes every step."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).parent.parent / "config/smoke.yaml").read_text())
+    cfg["sft"].update(max_steps=1_000_000, epochs=1, batch_size=4, scheduler="linear", warmup_ratio=0.5)
+    cfg["ebft"].update(max_steps=1_000_000, epochs=1, batch_size=2, scheduler="cosine", warmup_ratio=0.5,
+                       checkpoint_every=100)  # fmt: skip
+    path = tmp_path / "epochs.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "ebft"])
-def test_training_runs_data_parallel_under_torchrun(tmp_path, tiny_model_dir, cli_env, method):
-    """Two CPU processes (gloo): one optimiser step per batch on each shard, files written once."""
+def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_model_dir, cli_env, method):
+    """Two CPU processes (gloo) against one, with an epoch-bounded budget: the same number of optimiser steps and the
+    same learning rate at every step, files written once; for SFT also the same losses and weights (the global batch
+    is split between the processes). Regression: SFT stopped midway with StopIteration (steps counted before the
+    loader was split), and the schedule ran once per process per step (twice too fast)."""
     import json
     import shutil
     import subprocess
 
-    torchrun = shutil.which("torchrun", path=cli_env["PATH"])
+    profile = epoch_bound_profile(tmp_path)
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records_for_ddp()))
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "ebft.cli", "train", "--config", "config/smoke.yaml",
-           "--method", method, "--task", "qa_code", "--model-dir", str(tiny_model_dir), "--data-dir", str(data),
-           "--out", str(tmp_path / "run")]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=Path(__file__).parent.parent)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "run/train_summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 2
-    assert [r["step"] for r in csv.DictReader((tmp_path / "run/train_metrics.csv").open())] == ["1", "2"]
-    assert (tmp_path / "run/model/config.json").is_file()
+    args = ["-m", "ebft.cli", "train", "--config", str(profile), "--method", method, "--task", "qa_code",
+            "--model-dir", str(tiny_model_dir), "--data-dir", str(data)]  # fmt: skip
+    torchrun = shutil.which("torchrun", path=cli_env["PATH"])
+    runs = {}
+    for procs, launcher in ((1, [sys.executable]), (2, [torchrun, "--nproc_per_node", "2"])):
+        out = tmp_path / f"run{procs}"
+        proc = subprocess.run([*launcher, *args, "--out", str(out)], capture_output=True, text=True, env=cli_env,
+                              cwd=Path(__file__).parent.parent)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["processes"] == procs
+        runs[procs] = list(csv.DictReader((out / "train_metrics.csv").open()))
+        assert (out / "model/config.json").is_file()
+    one, two = runs[1], runs[2]
+    assert len(one) == len(two) >= 3  # bounded by the epoch, not by max_steps
+    assert [r["step"] for r in two] == [str(i) for i in range(1, len(one) + 1)]  # each row written once
+    rates_one, rates_two = [float(r["lr"]) for r in one], [float(r["lr"]) for r in two]
+    assert rates_one == pytest.approx(rates_two, rel=1e-12, abs=0) and len(set(rates_one)) > 2
+    if method == "sft":
+        assert [float(r["loss"]) for r in one] == pytest.approx([float(r["loss"]) for r in two], rel=1e-4)
+        a, b = load_causal_lm(tmp_path / "run1/model").state_dict(), load_causal_lm(tmp_path / "run2/model").state_dict()
+        assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
 
 
 def records_for_ddp():
     train, _, _ = human_eval_split(HumanEvalSource(heldout=64), 43)
-    return train[:20]
+    return train[:6]
