@@ -132,8 +132,10 @@ def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, steps: int, bf16: bool, s
     }
     if cfg.algorithm == "grpo":
         settings.update(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
-    else:
+    elif cfg.algorithm == "rloo":
         settings.update(normalize_advantages=cfg.scale_rewards != "none")
+    else:
+        raise ValueError(f"unknown RLVR algorithm {cfg.algorithm!r}; choose 'grpo' or 'rloo'")
     return settings
 
 
@@ -198,7 +200,7 @@ def train_rlvr(
         **settings,
     )
     model = make_trainable(load_causal_lm(start_dir, dropout=0.0), finetune)
-    reward_func = unit_test_reward(prompt_format, cfg) if reward == "unit_tests" else chrf_reward
+    reward_func = unit_test_reward(prompt_format, cfg) if reward == "unit_tests" else chrf_reward  # checked above
     log: list[dict] = []
 
     class CsvLog(TrainerCallback):

@@ -117,6 +117,8 @@ def cmd_train(args, job: Job):
         default_start = layout.checkpoint("sft", job.task) if job.start.startswith("sft:") else model_dir
         start_dir = Path(args.start_dir or default_start)
         write_resolved(out / "resolved_config.yaml", job, model_dir=model_dir, start_dir=start_dir, data_dir=data_dir)
+        if job.method not in ("ebft", "rlvr"):
+            raise UserError(f"training method {job.method!r} is not available; choose one of {', '.join(METHODS)}.")
         if job.method == "rlvr":
             from baselines.rlvr import train_rlvr
 

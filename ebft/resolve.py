@@ -83,7 +83,7 @@ class Job:
     seed: int = 43
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     task: str | None = None
-    method: str | None = None  # training method, or 'base' for an evaluation of the base model
+    method: Literal["base", "sft", "ebft", "rlvr"] | None = None  # trained method; 'base' only in an evaluation
     kind: Literal["ce", "fm", "code"] | None = None
     model_name: str | None = None
     model: ModelSource | None = None

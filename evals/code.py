@@ -73,9 +73,19 @@ def load_problems(kind: str, heldout_file: Path | None, cfg: CodeEvalConfig, see
 # --------------------------------------------------------------------------------------------------
 
 
+PROMPT_FORMATS = ("raw", "chat")
+
+
+def is_raw(prompt_format: str) -> bool:
+    """Whether prompts are raw completions (else the chat template); refuses an unknown format."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt_format {prompt_format!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    return prompt_format == "raw"
+
+
 def render(text: str, tokenizer, prompt_format: str) -> str:
     """``text`` as the model's prompt: unchanged (raw) or as one user turn of its chat template."""
-    if prompt_format == "raw":
+    if is_raw(prompt_format):
         return text
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
@@ -87,14 +97,14 @@ def render(text: str, tokenizer, prompt_format: str) -> str:
 
 
 def code_prompt(problem: dict, tokenizer, prompt_format: str) -> str:
-    if prompt_format == "raw":
+    if is_raw(prompt_format):
         return problem["question"]
     return render(f"{CODE_REQUEST}\n\n```python\n{problem['question'].rstrip()}\n```", tokenizer, prompt_format)
 
 
 def code_done(prompt_format: str) -> Callable[[str], bool]:
     """Whether a partial completion is finished: a stop sequence (raw) or a closed code block (chat)."""
-    if prompt_format == "raw":
+    if is_raw(prompt_format):
         return lambda text: any(s in text for s in RAW_STOPS)
     return lambda text: text.count("```") >= 2
 
@@ -116,7 +126,7 @@ def prompt_preamble(problem: dict) -> str:
 
 def extract_program(problem: dict, completion: str, prompt_format: str) -> str:
     """The program a completion stands for, without the tests."""
-    if prompt_format == "raw":
+    if is_raw(prompt_format):
         return problem["question"] + truncate_raw(completion)
     blocks = [(lang.lower(), body) for lang, body in FENCE.findall(completion)]
     blocks = [b for lang, b in blocks if lang in ("", "python", "py", "python3")] or [b for _, b in blocks]
