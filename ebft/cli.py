@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from ebft.config import METHODS, TASKS, plain, schema_text
+from ebft.config import METHODS, TASKS, plain
 from ebft.errors import UserError
+from ebft.paths import Layout
 from ebft.resolve import EVAL_KINDS, Job, job_from_json, read_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,19 +180,22 @@ def cmd_eval(args, job: Job):
     print(f"{job.kind} {job.task}/{job.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
 
 
-def cmd_report(args, job: Job):
+def cmd_report(args, job: Job | None):
+    """Collect records into metrics.csv, tables and figures; or, with --from-csv, redraw tables and figures from a
+    metrics.csv alone (no profile needed: they go beside the CSV unless --table/--figures say otherwise)."""
     from evals.report import collect, read_metrics, write_outputs
 
-    layout = job.layout
     if args.from_csv:
-        df = read_metrics(Path(args.from_csv))
-        csv_out = None
+        csv = Path(args.from_csv)
+        df = read_metrics(csv)
+        layout, csv_out = Layout(str(csv.parent.parent), csv.parent.name), None
     else:
         df = collect([Path(p) for p in args.inputs], job.profile, job.no_verifier)
+        layout = job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
-    figures = write_outputs(df, metrics_csv=csv_out, table=Path(args.table or layout.main_table),
-                            figures_dir=Path(args.figures or layout.figures_dir))  # fmt: skip
-    print(f"report: {len(df)} metric rows → {args.table or layout.main_table}; {len(figures)} figures")
+    table = Path(args.table or layout.main_table)
+    figures = write_outputs(df, metrics_csv=csv_out, table=table, figures_dir=Path(args.figures or layout.figures_dir))
+    print(f"report: {len(df)} metric rows → {table}; {len(figures)} figures")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")
-    sp.add_argument("--from-csv", help="regenerate table and figure from an existing metrics.csv only")
+    sp.add_argument("--from-csv", help="redraw the tables and figures from an existing metrics.csv alone (beside it)")
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")
@@ -255,13 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
+        from ebft.schema import schema_text
+
         sys.stdout.write(schema_text())
         return 0
     try:
-        job = resolve_job(args)
+        redraw = args.command == "report" and args.from_csv and not args.job  # from a metrics.csv alone
+        job = None if redraw else resolve_job(args)
         from ebft.models import set_offline
 
-        set_offline(job.offline)  # before any Hugging Face library is imported
+        set_offline(True if job is None else job.offline)  # before any Hugging Face library is imported
         _threads(args.threads)
         args.func(args, job)
     except UserError as e:

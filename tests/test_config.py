@@ -9,9 +9,10 @@ import jsonschema
 import pytest
 import yaml
 
-from ebft.config import SCHEMA_PATH, SFTConfig, bound_problem, build, check_schema, profile_schema, schema_text
+from ebft.config import SFTConfig, bound_problem, build
 from ebft.errors import ConfigError
 from ebft.resolve import job_from_json, load_study, read_study
+from ebft.schema import SCHEMA_PATH, check_schema, profile_schema, schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = ["cpu", "smoke", "paper"]
@@ -129,10 +130,12 @@ def probes(sub):
 
 @pytest.mark.parametrize("section,name,sub", list(bounded_fields()), ids=lambda v: v if isinstance(v, str) else "")
 def test_the_schema_and_the_typed_sections_agree_on_every_bound(section, name, sub):
+    import dataclasses
+
     from ebft import config
 
     cls = getattr(config, section)
-    field = next(f for f in config.dataclasses.fields(cls) if f.name == name)
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
     bounds, items = field.metadata["bounds"], field.metadata["items"]
     values = probes(sub)
     assert values, f"{section}.{name} declares bounds but no probe was made"

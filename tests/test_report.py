@@ -41,9 +41,9 @@ def test_table_and_figure_regenerate_from_the_csv_alone(tmp_path, cli_env):
     ]
     for f in files:
         f.unlink()
-    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--config", '{"profile": "cpu"}',
-                           "--from-csv", str(csv), "--table", str(tmp_path / "t2.md"), "--figures",
-                           str(tmp_path / "f2")], capture_output=True, text=True, env=cli_env)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--from-csv", str(csv), "--table",
+                           str(tmp_path / "t2.md"), "--figures", str(tmp_path / "f2")], capture_output=True, text=True,
+                          env=cli_env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "t2.md").read_text() == (tmp_path / "t1.md").read_text()
     assert (tmp_path / "f2" / "val_ce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,3 +70,18 @@ def test_pass_at_k_and_no_verifier_rows_survive_the_csv_round_trip(tmp_path):
     assert [f.name for f in figures] == ["pass_at_1.png", "pass_at_4.png"]
     again = read_metrics(tmp_path / "m.csv")
     assert markdown_tables(again) == table
+
+
+def test_redrawing_from_a_csv_writes_beside_it_without_a_profile(tmp_path, cli_env):
+    """`ebft report --from-csv` needs no profile and never writes into another profile's folder (the default
+    profile's results stay untouched)."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    files = [eval_record(tmp_path / f"{m}.json", "qa_code", m, v) for m, v in [("base", 1.8), ("sft", 1.5)]]
+    collect(files, "other").to_csv(folder / "metrics.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--from-csv", str(folder / "metrics.csv")],
+                          capture_output=True, text=True, env=cli_env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "| qa_code |" in (folder / "tables/main.md").read_text()
+    assert (folder / "figures/val_ce.png").is_file()
+    assert not (tmp_path / "results").exists()
