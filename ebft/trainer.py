@@ -49,12 +49,6 @@ FIELDS = ["step", "epoch", "reward", "alignment", "diversity", "fm_estimate", "c
           "grad_norm", "valid_blocks", "lr", "rollout_tokens_per_s", "sample_s", "step_time_s"]  # fmt: skip
 
 
-
-
-
-
-
-
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token KL(π ‖ π_ref) estimate from samples of π (Schulman's k1/k2/k3)."""
     log_ratio = ref_logp - logp  # log π_ref/π
@@ -65,8 +59,6 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     if estimator == "k3":
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
-
-
 
 
 def train_ebft(
@@ -116,8 +108,9 @@ def train_ebft(
         settings_hash = config_hash({"base": str(base_dir), "start": str(start_dir), "chunk_length": chunk_length,
                                      "finetune": finetune, "ebft": cfg, "precision": precision, "seed": seed,
                                      "records": len(train_records)})  # fmt: skip
-    step = _resume(accelerator, out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler,
-                   settings_hash)
+    step = _resume(
+        accelerator, out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler, settings_hash
+    )
     log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, append=step > 0,
                      tensorboard=out / "tensorboard" if cfg.tensorboard else None)  # fmt: skip
     bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)

@@ -122,7 +122,12 @@ def probes(sub):
                 out.append([v] * max(sub.get("minItems", 1), 1))
     if "minItems" in sub or "maxItems" in sub:
         ok_item = {"number": 0.5, "integer": 1, "string": "x"}.get(items.get("type"), 0.5)
-        for n in {sub.get("minItems", 1) - 1, sub.get("minItems", 1), sub.get("maxItems", 3), sub.get("maxItems", 3) + 1}:
+        for n in {
+            sub.get("minItems", 1) - 1,
+            sub.get("minItems", 1),
+            sub.get("maxItems", 3),
+            sub.get("maxItems", 3) + 1,
+        }:
             if n >= 0:
                 out.append([ok_item] * n)
     return out

@@ -99,7 +99,10 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     assert rates_one == pytest.approx(rates_two, rel=1e-12, abs=0) and len(set(rates_one)) > 2
     if method == "sft":
         assert [float(r["loss"]) for r in one] == pytest.approx([float(r["loss"]) for r in two], rel=1e-4)
-        a, b = load_causal_lm(tmp_path / "run1/model").state_dict(), load_causal_lm(tmp_path / "run2/model").state_dict()
+        a, b = (
+            load_causal_lm(tmp_path / "run1/model").state_dict(),
+            load_causal_lm(tmp_path / "run2/model").state_dict(),
+        )
         assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
 
 

@@ -292,7 +292,14 @@ def test_cached_and_uncached_samplers_draw_identical_tokens_in_any_row_order(ctx
     chunks, docs = ctx_batch(kind, with_documents)
     draws = [
         strided.sample_blocks(
-            ctx_model, chunks, c, s, G, temperature=1.0, use_cache=cached, documents=docs,
+            ctx_model,
+            chunks,
+            c,
+            s,
+            G,
+            temperature=1.0,
+            use_cache=cached,
+            documents=docs,
             generator=torch.Generator().manual_seed(11),
         )  # fmt: skip
         for cached in (True, False)
