@@ -158,7 +158,7 @@ def train_rlvr(
     import pandas as pd
     import trl
     from accelerate import PartialState
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, set_seed
 
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
     from ebft.packing import pack_records
@@ -199,6 +199,7 @@ def train_rlvr(
         dataloader_num_workers=0,
         **settings,
     )
+    set_seed(seed)  # the LoRA adapters are drawn here, before TRL seeds its trainer: without it every run differs
     model = make_trainable(load_causal_lm(start_dir, dropout=0.0), finetune)
     reward_func = unit_test_reward(prompt_format, cfg) if reward == "unit_tests" else chrf_reward  # checked above
     log: list[dict] = []

@@ -156,3 +156,22 @@ def test_rloo_option_trains_with_the_chrf_reward_for_exactly_ebfts_epoch_bounded
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if "proj" in k)
+
+
+def test_rlvr_runs_with_one_seed_end_with_identical_weights(tiny_model_dir, tmp_path):
+    """Regression: the LoRA adapters were drawn before anything was seeded, so no two RLVR runs agreed (the committed
+    default-profile RLVR rows could not be regenerated)."""
+    from safetensors.torch import load_file
+
+    records = [{"id": f"t{i}", "question": f"Translate this from English to German:\nEnglish: Item {i}\nGerman:",
+                "answer": f" Eintrag {i}", "meta": {"reference": f"Eintrag {i}"}} for i in range(6)]  # fmt: skip
+    weights = []
+    for run in ("a", "b"):
+        train_rlvr(start_dir=tiny_model_dir, train_records=records, reward="chrf", prompt_format="raw", chunk_length=8,
+                   finetune=FinetuneConfig(mode="lora", lora=LoraSettings(r=4, alpha=8)),
+                   ebft=EBFTConfig(n=3, batch_size=2, max_steps=2, lr=1e-2, warmup_ratio=0.0),
+                   cfg=RLVRConfig(max_completion_length=6, temperature=1.0), precision="fp32", seed=3,
+                   out=tmp_path / run)  # fmt: skip
+        weights.append(load_file(tmp_path / run / "adapter/adapter_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
