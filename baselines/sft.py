@@ -141,14 +141,12 @@ def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict
     """One optimiser step over ``micro`` batches, token-weighted over all of them."""
     t0 = time.time()
     local_targets = torch.stack([mask[:, 1:].sum() for _, mask in micro]).sum()
-    # the whole global step's targets; × P because DDP averages the P processes' gradients
-    n_targets = int(local_targets if accelerator.num_processes == 1 else accelerator.reduce(local_targets, "sum"))
-    scale = accelerator.num_processes / max(n_targets, 1)
+    n_targets = int(optim.global_sum(accelerator, local_targets))  # the whole global step's targets
     total_nll = 0.0
     for ids, mask in micro:
         logits = model(input_ids=ids).logits  # (b, L, V)
         nll_sum, _ = token_nll(logits, ids, mask)
-        loss = nll_sum.sum() / max(n_targets, 1) if accelerator.num_processes == 1 else nll_sum.sum() * scale
+        loss = optim.ddp_scaled(nll_sum.sum() / max(n_targets, 1), accelerator.num_processes)
         accelerator.backward(loss)
         total_nll += float(nll_sum.detach().sum())
     if accelerator.num_processes > 1:

@@ -62,3 +62,15 @@ def ebft_step_budget(num_chunks: int, cfg, *, key: str = "ebft.batch_size") -> t
         raise UserError(f"{num_chunks} training chunks cannot fill one rollout batch of {cfg.batch_size}; "
                         f"lower {key} or add data.")  # fmt: skip
     return per_epoch, step_budget(per_epoch, epochs=cfg.epochs, max_steps=cfg.max_steps)
+
+
+def global_sum(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over every process (x itself with one process)."""
+    if accelerator.num_processes == 1:
+        return x
+    return accelerator.reduce(x.detach().clone(), reduction="sum")
+
+
+def ddp_scaled(x: torch.Tensor, processes: int) -> torch.Tensor:
+    """A global-batch mean, times the process count that DDP's gradient averaging divides by again."""
+    return x if processes == 1 else x * processes

@@ -198,21 +198,21 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     # (a sequence with none has no generated token to train), the CE a mean over every real token of the batch.
     P = accelerator.num_processes
     per_seq_tokens = token_keep.sum(dim=(1, 2))  # (B·n,)
-    n_seq = _global_sum(accelerator, (per_seq_tokens > 0).sum()).clamp_min(1)  # sequences with a valid block
+    n_seq = optim.global_sum(accelerator, (per_seq_tokens > 0).sum()).clamp_min(1)  # sequences with a valid block
     targets = batch.valid.to(device).repeat_interleave(n, dim=0)  # (B·n, L)
     with accelerator.autocast():
         logits = strided.strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
         logp = strided.generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
-        policy_loss = _scaled(reinforce_sum(adv, logp, token_keep) / n_seq, P)
+        policy_loss = optim.ddp_scaled(reinforce_sum(adv, logp, token_keep) / n_seq, P)
         nll, count = token_nll(logits[:, :L], chunks, targets)
-        ce = _scaled(nll.sum() / _global_sum(accelerator, count.sum()).clamp_min(1), P)
+        ce = optim.ddp_scaled(nll.sum() / optim.global_sum(accelerator, count.sum()).clamp_min(1), P)
         kl = torch.zeros((), device=device)
         if cfg.kl_coef > 0:
             with torch.no_grad(), feature_network(model, kl_ref) as ref:
                 ref_logits = strided.strided_forward(ref, seq, L, c, s, G, docs)
                 ref_logp = strided.generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
             per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2))
-            kl = _scaled((per_seq_kl / per_seq_tokens.clamp_min(1)).sum() / n_seq, P)
+            kl = optim.ddp_scaled((per_seq_kl / per_seq_tokens.clamp_min(1)).sum() / n_seq, P)
         loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
     accelerator.backward(loss)
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -222,19 +222,19 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     optimizer.zero_grad(set_to_none=True)
 
     k = keep.float()
-    denom = _global_sum(accelerator, k.sum()).clamp_min(1)
+    denom = optim.global_sum(accelerator, k.sum()).clamp_min(1)
 
     def masked_mean(x):  # over the valid (rollout, block) pairs of the global batch
-        return float(_global_sum(accelerator, (x.to(k.dtype) * k).sum()) / denom)
+        return float(optim.global_sum(accelerator, (x.to(k.dtype) * k).sum()) / denom)
 
     def global_mean(x):  # a loss term: each process holds its P-scaled share
-        return float(_global_sum(accelerator, x.detach()) / P)
+        return float(optim.global_sum(accelerator, x.detach()) / P)
 
     return {
         "reward": masked_mean(reward), "alignment": masked_mean(alignment), "diversity": masked_mean(diversity),
         "fm_estimate": masked_mean(alignment - diversity / 2), "ce": global_mean(ce),
         "policy_loss": global_mean(policy_loss), "kl": global_mean(kl), "loss": global_mean(loss),
-        "grad_norm": float(grad_norm), "valid_blocks": int(_global_sum(accelerator, valid.sum())), "lr": lr,
+        "grad_norm": float(grad_norm), "valid_blocks": int(optim.global_sum(accelerator, valid.sum())), "lr": lr,
         "rollout_tokens_per_s": round(B * n * NB * G / max(sample_s, 1e-9), 1), "sample_s": round(sample_s, 3),
         "step_time_s": round(time.time() - t0, 3),
     }  # fmt: skip
@@ -254,18 +254,6 @@ def reinforce_sum(adv: torch.Tensor, logp: torch.Tensor, keep: torch.Tensor) -> 
 def _sample_seed(seed: int, step: int, process: int) -> int:
     """The sampler's seed at ``step`` on ``process``: every process draws its own random stream."""
     return strided.derive_seed(seed, step, 1) if process == 0 else strided.derive_seed(seed, step, 1, process)
-
-
-def _global_sum(accelerator, x: torch.Tensor) -> torch.Tensor:
-    """Sum of ``x`` over every process (x itself with one process)."""
-    if accelerator.num_processes == 1:
-        return x
-    return accelerator.reduce(x.detach().clone(), reduction="sum")
-
-
-def _scaled(x: torch.Tensor, processes: int) -> torch.Tensor:
-    """A global-batch mean, times the process count that DDP's gradient averaging divides by again."""
-    return x if processes == 1 else x * processes
 
 
 def _trainable_state(model) -> dict:

@@ -125,24 +125,17 @@ def test_greedy_strided_blocks_equal_per_prefix_greedy_decoding(tiny):
             assert blocks[b, k].tolist() == seq[0, c + k * s :].tolist()
 
 
+def cached_and_uncached(model, chunks, csg, *, seed, **kw):
+    """[cached, uncached] draws of the same chunks from generators with the same seed."""
+    return [strided.sample_blocks(model, chunks, *csg, use_cache=cached, generator=torch.Generator().manual_seed(seed),
+                                  **kw) for cached in (True, False)]  # fmt: skip
+
+
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
 def test_cached_and_uncached_samplers_draw_identical_tokens(tiny, top_p):
     L, c, s, G = 48, 8, 8, 8
     chunks = torch.randint(0, 49152, (2, L), generator=torch.Generator().manual_seed(2)).repeat_interleave(3, dim=0)
-    draws = [
-        strided.sample_blocks(
-            tiny,
-            chunks,
-            c,
-            s,
-            G,
-            temperature=1.0,
-            top_p=top_p,
-            use_cache=cached,
-            generator=torch.Generator().manual_seed(3),
-        )  # fmt: skip
-        for cached in (True, False)
-    ]
+    draws = cached_and_uncached(tiny, chunks, (c, s, G), seed=3, temperature=1.0, top_p=top_p)
     assert torch.equal(draws[0], draws[1])
     assert not torch.equal(draws[0][0], draws[0][1])  # copies of a chunk are sampled independently
 
@@ -290,18 +283,5 @@ def test_cached_greedy_equals_uncached_and_per_prefix_generation_in_any_row_orde
 def test_cached_and_uncached_samplers_draw_identical_tokens_in_any_row_order(ctx_model, kind, with_documents):
     L, c, s, G = CTX_LAYOUT
     chunks, docs = ctx_batch(kind, with_documents)
-    draws = [
-        strided.sample_blocks(
-            ctx_model,
-            chunks,
-            c,
-            s,
-            G,
-            temperature=1.0,
-            use_cache=cached,
-            documents=docs,
-            generator=torch.Generator().manual_seed(11),
-        )  # fmt: skip
-        for cached in (True, False)
-    ]
+    draws = cached_and_uncached(ctx_model, chunks, (c, s, G), seed=11, temperature=1.0, documents=docs)
     assert torch.equal(draws[0], draws[1]), f"cached and uncached agree on {(draws[0] == draws[1]).float().mean():.0%}"
