@@ -20,7 +20,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# `ebft check` first: a profile's YAML syntax error is then named with its line and column (Snakemake does not).
 reproduce: setup
+	$(BIN)/ebft check --config $(PROFILE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile $(PROFILE)
 
 test: setup
@@ -31,4 +33,5 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 dry-run: setup
+	$(BIN)/ebft check --config $(PROFILE)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -n --configfile $(PROFILE)

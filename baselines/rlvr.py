@@ -15,6 +15,7 @@ written to ``rlvr_settings.yaml`` next to the checkpoint; TRL's per-step logs go
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from ebft import optim
 from ebft.config import EBFTConfig, FinetuneConfig, RLVRConfig
 from ebft.errors import UserError
+from ebft.paths import atomic_write
 
 
 def first_line(completion: str) -> str:
@@ -171,20 +173,10 @@ def train_rlvr(
     rows = prompt_rows(train_records, tokenizer, prompt_format, reward)
     _, steps = optim.ebft_step_budget(len(pack_records(train_records, tokenizer, chunk_length)), ebft)
     settings = trl_settings(cfg, ebft, steps=steps, bf16=bf16, seed=seed, processes=PartialState().num_processes)
-    (out / "rlvr_settings.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "algorithm": cfg.algorithm,
-                "trl": trl.__version__,
-                "reward": reward,
-                "prompt_format": prompt_format,
-                "prompts": len(rows),
-                **settings,
-                "rlvr": asdict(cfg),
-            },
-            sort_keys=False,
-        )
-    )
+    record = {"algorithm": cfg.algorithm, "trl": trl.__version__, "reward": reward, "prompt_format": prompt_format,
+              "prompts": len(rows), **settings, "rlvr": asdict(cfg)}  # fmt: skip
+    print(f"rlvr: starting at step 0 of {steps} (RLVR keeps no resumable checkpoint: an interrupted run starts "
+          f"again).", file=sys.stderr, flush=True)  # fmt: skip
 
     config_cls, trainer_cls = (
         (trl.GRPOConfig, trl.GRPOTrainer) if cfg.algorithm == "grpo" else (trl.RLOOConfig, trl.RLOOTrainer)
@@ -226,4 +218,5 @@ def train_rlvr(
     if trainer.state.global_step != steps:  # the budget is EBFT's by construction; anything else is a bug
         raise RuntimeError(f"RLVR took {trainer.state.global_step} optimiser steps, not EBFT's {steps}")
     save_checkpoint(trainer.model, tokenizer, out, finetune.mode)
+    atomic_write(out / "rlvr_settings.yaml", yaml.safe_dump(record, sort_keys=False))  # with its checkpoint
     return {"steps": trainer.state.global_step, "wall_time_s": wall, "final_reward": log[-1].get("reward")}

@@ -15,6 +15,7 @@ the target count of the whole global step, so P processes compute the update of 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -77,6 +78,9 @@ def train_sft(
     scheduler = optim.lr_schedule(optimizer, sft, total_steps)  # stepped here, once per optimiser step
 
     log = MetricsLog(out / "train_metrics.csv", METRIC_FIELDS, enabled=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        print(f"sft: starting at step 0 of {total_steps} (SFT keeps no resumable checkpoint: an interrupted run "
+              f"starts again).", file=sys.stderr, flush=True)  # fmt: skip
     bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
     step, epoch, started = 0, 0, time.time()
     with log:

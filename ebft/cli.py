@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import yaml
 
 from ebft.config import METHODS, TASKS, plain
 from ebft.errors import UserError
-from ebft.paths import Layout
+from ebft.paths import Layout, atomic_write
 from ebft.resolve import EVAL_KINDS, Job, job_from_json, read_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,10 +43,39 @@ def git_sha() -> str:
 
 
 def _threads(n: int | None) -> None:
-    if n:
+    if n is not None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def stop_with_parent(poll_s: float = 1.0) -> None:
+    """Stop this process (SIGTERM) when the process that started it goes away.
+
+    The workflow's rules ``exec`` the CLI, so its parent is Snakemake itself: a Snakemake that is killed (not just
+    interrupted, which stops its jobs) then leaves no trainer running on. An EBFT run stopped this way resumes from its
+    last checkpoint when the job runs again.
+    """
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"ebft: the process that started this job ({parent}) has gone; stopping.", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="ebft-stop-with-parent", daemon=True).start()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def resolve_job(args) -> Job:
@@ -62,10 +94,13 @@ def resolve_job(args) -> Job:
 
 
 def write_resolved(path: Path, job: Job, **paths) -> str:
-    """Write the settings a run used (and the folders it read) next to its outputs; return their hash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the settings a run used (and the folders it read) next to its outputs, atomically; return their hash.
+
+    Training calls it once the run's outputs are written, so a run that fails leaves the provenance of the outputs
+    that are there (a finished earlier run's, or none) untouched.
+    """
     record = {"config_hash": job.hash, **{k: str(v) for k, v in paths.items()}, **plain(job)}
-    path.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    atomic_write(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     return job.hash
 
 
@@ -108,18 +143,18 @@ def cmd_train(args, job: Job):
     out = Path(args.out or layout.run_dir(job.method, job.task))
     records = read_records(data_dir / "train.jsonl")
     common = {"finetune": job.finetune, "precision": job.precision, "seed": job.seed, "out": out}
+    read = {"model_dir": model_dir, "data_dir": data_dir}
     if job.method == "sft":
         from baselines.sft import train_sft
 
-        write_resolved(out / "resolved_config.yaml", job, model_dir=model_dir, data_dir=data_dir)
         summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=job.chunk_length, sft=job.sft,
                             **common)  # fmt: skip
     else:
         default_start = layout.checkpoint("sft", job.task) if job.start.startswith("sft:") else model_dir
         start_dir = Path(args.start_dir or default_start)
-        write_resolved(out / "resolved_config.yaml", job, model_dir=model_dir, start_dir=start_dir, data_dir=data_dir)
-        if job.method not in ("ebft", "rlvr"):
-            raise UserError(f"training method {job.method!r} is not available; choose one of {', '.join(METHODS)}.")
+        if job.start.startswith("sft:") and not args.start_dir:
+            _require_checkpoint(start_dir, "sft", job.task)
+        read = {"model_dir": model_dir, "start_dir": start_dir, "data_dir": data_dir}
         if job.method == "rlvr":
             from baselines.rlvr import train_rlvr
 
@@ -132,6 +167,7 @@ def cmd_train(args, job: Job):
             summary = train_ebft(base_dir=model_dir, start_dir=start_dir, train_records=records,
                                  chunk_length=job.chunk_length, cfg=job.ebft_config(), settings_hash=job.hash,
                                  **common)  # fmt: skip
+    write_resolved(out / "resolved_config.yaml", job, **read)  # with the outputs it describes, once they exist
     print(f"{job.method} on {job.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} "
           f"(config {job.hash})")  # fmt: skip
 
@@ -144,6 +180,8 @@ def cmd_eval(args, job: Job):
     model_dir = Path(args.model_dir or (base_dir if job.method == "base" else layout.checkpoint(job.method, job.task)))
     data_dir = Path(args.data_dir or layout.data_dir(job.task))
     out = Path(args.out or layout.eval_file(job.kind, job.task, job.method))
+    if job.method != "base" and not args.model_dir:
+        _require_checkpoint(model_dir, job.method, job.task)
     if job.trained is not None:
         found = recorded_hash(model_dir.parent)
         if found is not None and found != job.trained:
@@ -171,31 +209,66 @@ def cmd_eval(args, job: Job):
         heldout = read_records(data_dir / "heldout.jsonl")
         rows = evaluate_fm(model_dir, base_dir, heldout, job.chunk_length, job.ebft_config(), job.fm, seed=job.seed)
     record = {
-        "task": job.task, "method": job.method, "model_dir": str(model_dir), "config_hash": job.hash,
-        "trained_config_hash": job.trained, "git_sha": git_sha(), "wall_time_s": round(time.time() - started, 2),
-        **extra, "metrics": rows,
+        "profile": job.profile, "task": job.task, "method": job.method, "model_dir": str(model_dir),
+        "config_hash": job.hash, "trained_config_hash": job.trained, "git_sha": git_sha(),
+        "wall_time_s": round(time.time() - started, 2), **extra, "metrics": rows,
     }  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    atomic_write(out, json.dumps(record, indent=2))
     print(f"{job.kind} {job.task}/{job.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
 
 
 def cmd_report(args, job: Job | None):
     """Collect records into metrics.csv, tables and figures; or, with --from-csv, redraw tables and figures from a
-    metrics.csv alone (no profile needed: they go beside the CSV unless --table/--figures say otherwise)."""
-    from evals.report import collect, read_metrics, write_outputs
+    metrics.csv alone (no profile needed: they go beside the CSV, or under --out, unless --table/--figures say
+    otherwise). Refuses to run with nothing to collect and to write into the results of another profile."""
+    from evals.report import check_destination, collect, read_metrics, write_outputs
 
     if args.from_csv:
+        if args.inputs:
+            raise UserError("pass evaluation records or --from-csv, not both; the CSV already holds the records.")
         csv = Path(args.from_csv)
         df = read_metrics(csv)
-        layout, csv_out = Layout(str(csv.parent.parent), csv.parent.name), None
+        root = Path(args.out) if args.out else csv.parent
+        layout, csv_out = Layout(str(root.parent), root.name), None
     else:
+        if not args.inputs:
+            raise UserError(
+                "report got no evaluation records to collect, so it wrote nothing; pass the records "
+                "(results/<profile>/eval/**/*.json) or --from-csv <metrics.csv> to redraw from a table."
+            )
         df = collect([Path(p) for p in args.inputs], job.profile, job.no_verifier)
-        layout = job.layout
+        layout = Layout(str(Path(args.out).parent), Path(args.out).name) if args.out else job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
     table = Path(args.table or layout.main_table)
-    figures = write_outputs(df, metrics_csv=csv_out, table=table, figures_dir=Path(args.figures or layout.figures_dir))
+    figures_dir = Path(args.figures or layout.figures_dir)
+    for target in (csv_out, table, figures_dir):
+        if target is not None:
+            check_destination(df, target)
+    figures = write_outputs(df, metrics_csv=csv_out, table=table, figures_dir=figures_dir)
     print(f"report: {len(df)} metric rows → {table}; {len(figures)} figures")
+
+
+def check_profile(spec: str) -> str:
+    """Read a profile and resolve every job of its study (what the workflow will run); a line saying what it holds.
+
+    A problem raises the same one-sentence ConfigError/UserError that the workflow or the command would give.
+    """
+    study = read_study(spec)
+    jobs = [study.job("prepare-model", model=m) for m in study.models]
+    for task in study.tasks:
+        jobs.append(study.job("prepare-data", task=task))
+        jobs += [study.job("train", task=task, method=m) for m in study.trained(task)]
+        jobs += [study.job("eval", task=task, method=m, kind=k) for k in study.eval_kinds(task)
+                 for m in study.evaluated(task)]  # fmt: skip
+    jobs.append(study.job("report"))
+    return f"{spec}: profile {study.profile.profile!r}, {len(study.tasks)} tasks, {len(jobs)} jobs; no problem found."
+
+
+def _require_checkpoint(model_dir: Path, method: str, task: str) -> None:
+    """Name the training job that has not run, instead of the loader's 'not a prepared model folder'."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"there is no {method} checkpoint for {task} at {model_dir}; train it first ('ebft train "
+                        f"--method {method} --task {task}', or the workflow's train_{method} rule).")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,13 +278,20 @@ def cmd_report(args, job: Job | None):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebft", description="Energy-Based Fine-Tuning reproduction harness.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, help_text):
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
         sp.add_argument("--job", help="the job's settings as JSON, as the workflow passes them (instead of --config)")
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        sp.add_argument(
+            "--stop-with-parent",
+            action="store_true",
+            help="stop when the process that started this one exits (the workflow's rules set it)",
+        )
+        sp.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads, at least 1 (default: torch's choice)")  # fmt: skip
         sp.set_defaults(func=func)
         return sp
 
@@ -224,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default results/<profile>/data/<task>)")
 
     sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
-    sp.add_argument("--method", required=True, help=f"training method: {', '.join(METHODS)}")
+    sp.add_argument("--method", required=True, choices=METHODS, help="training method")
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--model-dir", help="the task's base model (default: its prepared folder); EBFT's features")
     sp.add_argument("--start-dir", help="EBFT's and RLVR's starting policy (default: the base model, or the SFT "
@@ -233,10 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run folder (default results/<profile>/runs/<method>/<task>)")
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
-    sp.add_argument("--kind", required=True, help=f"one of {', '.join(EVAL_KINDS)}: validation cross-entropy, "
-                                                  f"feature-matching loss, pass@k")  # fmt: skip
+    sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "
+                                                                      "feature-matching loss or pass@k")  # fmt: skip
     sp.add_argument("--task", required=True, choices=TASKS)
-    sp.add_argument("--method", required=True, help="'base' or a training method (names the checkpoint)")
+    sp.add_argument("--method", required=True, choices=("base", *METHODS),
+                    help="the base model or a training method's checkpoint")  # fmt: skip
     sp.add_argument("--model-dir", help="model to score (default: base model or the method's checkpoint)")
     sp.add_argument("--base-dir", help="the task's base model: the feature network for fm (default: prepared)")
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
@@ -246,14 +327,34 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")
     sp.add_argument("--from-csv", help="redraw the tables and figures from an existing metrics.csv alone (beside it)")
+    sp.add_argument("--out", help="folder for metrics.csv, tables/ and figures/ (default: the profile's results, or "
+                                  "beside the --from-csv file)")  # fmt: skip
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")
+
+    sp = sub.add_parser(
+        "check",
+        help="Check a profile: type every setting and resolve every job of its study.",
+        description="Check a profile: type every setting and resolve every job of its study; the "
+        "first problem is one sentence naming the key (or the file's line and column).",
+    )
+    sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
+    sp.set_defaults(func=None)
 
     sp = sub.add_parser("schema", help="Print the profile's JSON schema (workflow/schemas/config.schema.yaml), "
                                        "generated from the typed settings.")  # fmt: skip
     sp.set_defaults(func=None)
     return p
+
+
+def version() -> str:
+    import importlib.metadata
+
+    try:
+        return f"{importlib.metadata.version('ebft-repro')} (git {git_sha()})"
+    except importlib.metadata.PackageNotFoundError:
+        return f"unknown (git {git_sha()})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(schema_text())
         return 0
+    if args.command == "check":
+        try:
+            print(check_profile(args.config))
+        except UserError as e:
+            print(f"ebft: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if getattr(args, "stop_with_parent", False):
+        stop_with_parent()
     try:
         redraw = args.command == "report" and args.from_csv and not args.job  # from a metrics.csv alone
         job = None if redraw else resolve_job(args)

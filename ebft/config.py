@@ -517,11 +517,22 @@ def read_profile_file(spec: str) -> dict:
     """A profile's raw data from a YAML file path or a JSON string."""
     text = spec.strip()
     if text.startswith("{"):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"the profile given as JSON is malformed ({e.msg} at column {e.colno}); fix it."
+            ) from None
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"config file {spec} does not exist; pass a profile such as config/cpu.yaml.")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config file {spec} is not valid YAML{where} ({problem}); fix the syntax there.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {spec} does not hold a mapping of settings; start from config/cpu.yaml.")
     return data

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ebft.config import DjangoSource, HubSource, HubSplit, HumanEvalSource, StdlibSource
 from ebft.errors import UserError
+from ebft.paths import atomic_write
 
 LANGUAGE_NAMES = {
     "en": "English", "cs": "Czech", "de": "German", "is": "Icelandic", "ru": "Russian", "zh_Hans": "Chinese",
@@ -213,19 +214,64 @@ def write_task_data(task: str, source, seed: int, out: Path) -> dict:
     overlap = {r["id"] for r in train} & {r["id"] for r in heldout}
     if overlap:
         raise RuntimeError(f"{task}: {len(overlap)} records on both sides of the split")  # a bug, not user input
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {"task": task, "source": source.kind, "seed": seed, "provenance": provenance, "splits": {}}
+    texts = {}
     for name, rows in (("train", train), ("heldout", heldout)):
-        path = out / f"{name}.jsonl"
-        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-        path.write_text(text, encoding="utf-8")
-        manifest["splits"][name] = {"records": len(rows), "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        texts[f"{name}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+        manifest["splits"][name] = {"records": len(rows), "sha256": hashlib.sha256(texts[f"{name}.jsonl"].encode())
+                                    .hexdigest()}  # fmt: skip
+    texts["manifest.json"] = json.dumps(manifest, indent=2)
+    for name, text in texts.items():  # each file whole or not at all; the manifest, which vouches for them, last
+        atomic_write(out / name, text)
     return manifest
 
 
 def read_records(path: Path) -> list[dict]:
+    """The records of one split file, checked: each line a JSON record with string ``question`` and ``answer``, and,
+    where the folder has the ``manifest.json`` that ``prepare-data`` wrote, the file's SHA-256 as recorded there."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; run 'ebft prepare-data' or the workflow's prepare_data rule first.")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    redo = "rerun 'ebft prepare-data' (or delete the folder and rerun the workflow)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); {redo}.") from None
+    _check_manifest(path, text, redo)
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {number} is not a JSON record ({e.msg} at column {e.colno}); "
+                            f"fix that line or {redo}.") from None  # fmt: skip
+        if not isinstance(rec, dict):
+            raise UserError(f"{path} line {number} is a JSON {type(rec).__name__}, not a record; fix it or {redo}.")
+        for key in ("question", "answer"):
+            if key not in rec:
+                raise UserError(f"{path} line {number} has no {key!r}; every record needs a string question (may be "
+                                f"empty) and answer, so fix it or {redo}.")  # fmt: skip
+            if not isinstance(rec[key], str):
+                raise UserError(f"{path} line {number}: {key!r} is a {type(rec[key]).__name__}, not a string; fix "
+                                f"it or {redo}.")  # fmt: skip
+        records.append(rec)
+    if not records:
+        raise UserError(f"{path} holds no records; {redo}.")
+    return records
+
+
+def _check_manifest(path: Path, text: str, redo: str) -> None:
+    """Refuse a split file whose content is not the one its folder's manifest.json recorded."""
+    manifest = path.parent / "manifest.json"
+    split = path.name.removesuffix(".jsonl")
+    if not manifest.is_file():
+        return  # data a user assembled by hand: nothing to check against
+    try:
+        recorded = json.loads(manifest.read_text())["splits"][split]["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{manifest} is not a data manifest with the SHA-256 of {path.name}; {redo}.") from None
+    if hashlib.sha256(text.encode()).hexdigest() != recorded:
+        raise UserError(f"{path} is not the file prepare-data wrote (its SHA-256 differs from {manifest.name}); "
+                        f"{redo}.")  # fmt: skip

@@ -9,23 +9,28 @@ from ebft.errors import UserError
 
 
 class MetricsLog:
-    """A CSV file with fixed columns, flushed after every row; other processes of a distributed run write nothing.
+    """A CSV file with fixed columns, rewritten whole at open and flushed after every row; other processes of a
+    distributed run write nothing.
 
-    Opened in append mode when resuming, so rows already written survive a restart.
+    ``rows`` are the rows of the steps a resumed run already did (kept with its checkpoint): the file starts with
+    them, so it lists every step once whatever happened to the file before. :attr:`rows` holds every row so far.
     """
 
-    def __init__(self, path: Path, fields: list[str], *, enabled: bool, append: bool = False, tensorboard=None):
-        self.path, self.fields, self.enabled, self.append = Path(path), fields, enabled, append
+    def __init__(self, path: Path, fields: list[str], *, enabled: bool, rows: list[dict] = (), tensorboard=None):
+        self.path, self.fields, self.enabled = Path(path), fields, enabled
+        self.rows = [dict(r) for r in rows]
         self.tb_dir = tensorboard
         self.tb = None
 
     def __enter__(self):
         if self.enabled:
-            exists = self.append and self.path.is_file()
-            self.fh = self.path.open("a" if exists else "w", newline="")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("w", newline="")
             self.writer = csv.DictWriter(self.fh, fieldnames=self.fields)
-            if not exists:
-                self.writer.writeheader()
+            self.writer.writeheader()
+            for row in self.rows:
+                self.writer.writerow({k: row.get(k) for k in self.fields})
+            self.fh.flush()
             if self.tb_dir is not None:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -36,6 +41,7 @@ class MetricsLog:
         return self
 
     def write(self, row: dict) -> None:
+        self.rows.append({k: row.get(k) for k in self.fields})
         if not self.enabled:
             return
         self.writer.writerow({k: row.get(k) for k in self.fields})

@@ -14,6 +14,7 @@ Sources a profile can name (``models.<name>.source``):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -162,7 +163,8 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     _check_model_dir(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    with _loading(model_dir, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.eos_token_id is None:
         raise UserError(f"the tokenizer in {model_dir} has no EOS token; packing needs one to join examples.")
     if tok.pad_token_id is None:
@@ -175,20 +177,36 @@ def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _check_model_dir(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
+    with _loading(model_dir, "config"):
+        config = AutoConfig.from_pretrained(model_dir)
     if dropout is not None:
         for key, value in config.to_dict().items():
             if "dropout" in key and isinstance(value, float):
                 setattr(config, key, dropout)
-    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation="sdpa")
+    with _loading(model_dir, "weights"):
+        return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation="sdpa")
+
+
+REPAIR = "rerun 'ebft prepare-model' (or the workflow's prepare_model rule, or the training rule that wrote it)"
 
 
 def _check_model_dir(model_dir: Path) -> None:
     if not (Path(model_dir) / "config.json").is_file():
-        raise UserError(
-            f"{model_dir} is not a prepared model folder (no config.json); run 'ebft prepare-model' "
-            f"or the workflow's prepare_model rule first."
-        )
+        raise UserError(f"{model_dir} is not a prepared model folder (no config.json); {REPAIR} first.")
+
+
+@contextlib.contextmanager
+def _loading(model_dir: Path, what: str):
+    """Turn the errors of loading a damaged folder (truncated weights, no weights, a corrupt config.json) into one
+    sentence naming the folder; a bug in this code (any other exception) still shows its traceback."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as e:  # json errors are ValueErrors
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"the {what} in {model_dir} cannot be loaded ({type(e).__name__}: {reason}); delete the "
+                        f"folder and {REPAIR}.") from None  # fmt: skip
 
 
 def make_trainable(model, cfg: FinetuneConfig):
@@ -211,15 +229,30 @@ def make_trainable(model, cfg: FinetuneConfig):
 
 
 def save_checkpoint(model, tokenizer, out: Path, mode: str) -> None:
-    """Save a loadable checkpoint: ``out/model`` (merged, plain HF) and, for LoRA, ``out/adapter`` too."""
+    """Save a loadable checkpoint: ``out/model`` (merged, plain HF) and, for LoRA, ``out/adapter`` too.
+
+    Each folder is written beside its place (``<name>.partial``) and swapped in once complete, so a run that fails
+    while saving leaves the previous checkpoint whole.
+    """
     out = Path(out)
     if mode == "lora":
-        model.save_pretrained(out / "adapter")
+        with _swapped_in(out / "adapter") as tmp:
+            model.save_pretrained(tmp)
         merged = model.merge_and_unload()
     else:
         merged = model
-    merged.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    with _swapped_in(out / "model") as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def _swapped_in(folder: Path):
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -65,3 +65,13 @@ class Layout:
 def figure_name(metric: str) -> str:
     """File name of a metric's figure: val_ce.png, fm_loss.png, pass_at_1.png, …"""
     return metric.replace("@", "_at_") + ".png"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: through ``<name>.partial``, renamed once complete, so an
+    interrupted or failed job never leaves half a file (or half-replaces a finished one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)

@@ -129,7 +129,14 @@ class Job:
 def job_from_json(text: str) -> Job:
     import json
 
-    return build(Job, json.loads(text), "job")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--job is not valid JSON ({e.msg} at column {e.colno}); pass the JSON the workflow "
+                          f"writes (Study.job(...).to_json()).") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise ConfigError("--job must be a JSON object of a job's settings, as the workflow writes it.")
+    return build(Job, data, "job")
 
 
 @dataclass(frozen=True)

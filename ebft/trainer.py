@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from ebft import optim, strided
 from ebft.config import EBFTConfig, FinetuneConfig, config_hash
-from ebft.errors import UserError
 from ebft.features import feature_network, strided_features
 from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
@@ -108,10 +107,16 @@ def train_ebft(
         settings_hash = config_hash({"base": str(base_dir), "start": str(start_dir), "chunk_length": chunk_length,
                                      "finetune": finetune, "ebft": cfg, "precision": precision, "seed": seed,
                                      "records": len(train_records)})  # fmt: skip
-    step = _resume(
+    step, rows = _resume(
         accelerator, out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler, settings_hash
     )
-    log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, append=step > 0,
+    if accelerator.is_main_process:
+        where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
+        print(f"ebft: {where} (checkpoints every {cfg.checkpoint_every} steps in {out / 'checkpoint'}).",
+              file=sys.stderr, flush=True)  # fmt: skip
+    # The per-step rows travel with the checkpoint: the CSV is rebuilt from them (the workflow deletes a failed job's
+    # CSV; rows logged after the last checkpoint are logged again), so a resumed run lists every step once.
+    log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, rows=rows,
                      tensorboard=out / "tensorboard" if cfg.tensorboard else None)  # fmt: skip
     bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)
     started = time.time()
@@ -129,7 +134,8 @@ def train_ebft(
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(row)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step, settings_hash)
+                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step, settings_hash,
+                            log.rows)  # fmt: skip
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
             if halt_after is not None and step == halt_after:
@@ -260,9 +266,10 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int, settings_hash: str) -> None:
-    """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step and the hash of the settings
-    that define the run (written atomically)."""
+def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int, settings_hash: str,
+                rows: list[dict]) -> None:  # fmt: skip
+    """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step, the per-step metric rows so
+    far and the hash of the settings that define the run (written atomically)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -270,34 +277,36 @@ def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int
     state = {"step": step, "settings_hash": settings_hash,
              "trainable": _trainable_state(accelerator.unwrap_model(policy)),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": torch.get_rng_state()}  # fmt: skip
+             "rng": torch.get_rng_state(), "rows": list(rows)}  # fmt: skip
     tmp = path / "state.pt.partial"
     torch.save(state, tmp)
     tmp.replace(path / "state.pt")
 
 
-def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash: str) -> int:
-    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from.
+def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash: str) -> tuple[int, list[dict]]:
+    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from and the metric
+    rows logged up to it.
 
-    A checkpoint written under other settings (or before checkpoints carried them) is never continued: it is removed
-    and the run starts afresh, saying so in one line.
+    A checkpoint that cannot be continued (written under other settings, before checkpoints carried them or their
+    metric rows, or for other trainable weights, such as another LoRA rank) is removed and the run starts afresh,
+    saying so in one line.
     """
     file = path / "state.pt"
     if not file.is_file():
-        return 0
-    state = torch.load(file, weights_only=False)
-    if state.get("settings_hash") != settings_hash:
+        return 0, []
+    try:
+        state = torch.load(file, weights_only=False)
+    except Exception as e:  # noqa: BLE001  (a truncated or foreign file: whatever torch.load raises)
+        state, problem = {}, f"it cannot be read ({type(e).__name__})"
+    else:
+        problem = _unusable(state, settings_hash, _trainable_state(model))
+    if problem:
         accelerator.wait_for_everyone()  # every process has read the file before it goes
-        if not accelerator.is_main_process:
-            return 0
-        print(f"ebft: the checkpoint in {path} was written under other settings ({state.get('settings_hash')} ≠ "
-              f"{settings_hash}); starting afresh.", file=sys.stderr, flush=True)  # fmt: skip
-        shutil.rmtree(path)
-        return 0
-    missing = set(_trainable_state(model)) ^ set(state["trainable"])
-    if missing:
-        raise UserError(f"checkpoint {file} does not match this model's trainable weights ({len(missing)} differ); "
-                        f"delete it to start afresh.")  # fmt: skip
+        if accelerator.is_main_process:
+            print(f"ebft: the checkpoint in {path} cannot be continued: {problem}; starting afresh.", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            shutil.rmtree(path)
+        return 0, []
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in state["trainable"].items():
@@ -305,4 +314,20 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    return int(state["step"])
+    return int(state["step"]), list(state["rows"])
+
+
+def _unusable(state: dict, settings_hash: str, trainable: dict) -> str | None:
+    """Why a loaded checkpoint cannot be continued by this run, or None."""
+    if not isinstance(state, dict) or "step" not in state:
+        return "it is not an EBFT checkpoint"
+    if state.get("settings_hash") != settings_hash:
+        return f"it was written under other settings ({state.get('settings_hash')} ≠ {settings_hash})"
+    if "rows" not in state:
+        return "it predates checkpoints that carry their metric rows"
+    theirs = state.get("trainable", {})
+    differ = [k for k in trainable.keys() | theirs.keys()
+              if k not in trainable or k not in theirs or trainable[k].shape != theirs[k].shape]  # fmt: skip
+    if differ:
+        return f"its trainable weights differ from this model's ({len(differ)} tensors, e.g. {sorted(differ)[0]})"
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ebft.config import CEEvalConfig
 from ebft.losses import token_nll
@@ -25,7 +26,7 @@ METRICS = {"val_ce": "all", "val_ce_answer": "answer"}  # metric name → target
 def chunk_nll(model, chunks, batch_size: int, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-chunk summed NLL and target count for each metric: {metric: (nll (N,), count (N,))}."""
     sums = {m: ([], []) for m in METRICS}
-    for start in range(0, len(chunks), batch_size):
+    for start in tqdm(range(0, len(chunks), batch_size), desc="ce", unit="batch"):
         batch = chunks.subset(slice(start, start + batch_size))
         logits = model(input_ids=batch.input_ids.to(device)).logits  # (b, L, V)
         for metric, loss_on in METRICS.items():

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ebft.config import CodeEvalConfig, HumanEvalSource
 from ebft.errors import UserError
+from ebft.paths import atomic_write
 from evals.metrics import pass_at_k
 from evals.stats import bootstrap_ratio_ci
 
@@ -209,7 +211,8 @@ def generate(
     tokenizer.padding_side = "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[list[str]] = []
-    for b, start in enumerate(range(0, len(prompts), batch_size)):
+    batches = range(0, len(prompts), batch_size)
+    for b, start in enumerate(tqdm(batches, desc=f"generate ({n} per prompt)", unit="batch")):
         batch = tokenizer(
             list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
         ).to(device)
@@ -251,7 +254,7 @@ def score(
             program = extract_program(problem, completion, prompt_format)
             samples.append({"problem": problem["id"], "sample": i, "completion": completion, "program": program})
             programs.append(with_tests(problem, program))
-    results = run_many(programs, timeout=cfg.timeout, memory_mb=cfg.memory_mb, workers=cfg.workers)
+    results = run_many(programs, timeout=cfg.timeout, memory_mb=cfg.memory_mb, workers=cfg.workers, progress="execute")
     for rec, res in zip(samples, results, strict=True):
         rec.update(status=res.status, detail=res.detail)
     return samples, pass_rows(samples, cfg.ks, bootstrap=cfg.bootstrap, seed=seed)
@@ -314,8 +317,5 @@ def evaluate_code(
     generated = time.time()
     samples, rows = score(problems, completions, prompt_format, cfg, seed=seed)
     timings = {"generation_s": round(generated - started, 2), "execution_s": round(time.time() - generated, 2)}
-    samples_out.parent.mkdir(parents=True, exist_ok=True)
-    with open(samples_out, "w") as f:
-        for rec in samples:
-            f.write(json.dumps(rec) + "\n")
+    atomic_write(samples_out, "".join(json.dumps(rec) + "\n" for rec in samples))
     return rows, timings

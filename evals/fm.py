@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ebft import strided
 from ebft.config import EBFTConfig, FMEvalConfig
@@ -37,7 +38,7 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
         chunks = chunks.subset(slice(0, cfg.max_chunks))
     valid = block_valid(chunks, c, s, G, ebft.answer_only, ebft.document_mask)  # (N, NB)
     sums, counts = [], []
-    for start in range(0, len(chunks), cfg.batch_size):
+    for start in tqdm(range(0, len(chunks), cfg.batch_size), desc="fm", unit="batch"):
         batch = chunks.subset(slice(start, start + cfg.batch_size))
         B, L = batch.input_ids.shape
         rep = batch.input_ids.to(device).repeat_interleave(n, dim=0)

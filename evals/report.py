@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ebft.errors import UserError
+from ebft.paths import atomic_write
 from evals import metrics
 from evals.metrics import metric_order
 
@@ -36,7 +37,14 @@ def collect(eval_files: list[Path], profile: str, no_verifier: list[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise UserError(f"evaluation record {path} is missing; run its eval rule first.")
-        rec = json.loads(path.read_text())
+        try:
+            rec = json.loads(path.read_text())
+            rec["task"], rec["method"], rec["metrics"]  # noqa: B018  (the fields every record has)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path} is not an evaluation record; delete it and rerun its eval rule.") from None
+        if rec.get("profile", profile) != profile:
+            raise UserError(f"{path} is a record of profile {rec['profile']!r}, not {profile!r}; collect each "
+                            f"profile's records with its own --config.")  # fmt: skip
         for m in rec["metrics"]:
             rows.append({"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
                          "value": m["value"], "n": m["n"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
@@ -81,7 +89,31 @@ def read_metrics(path: Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UserError(f"{path} lacks the columns {', '.join(missing)}; regenerate it with the report rule.")
+    if df.empty:
+        raise UserError(f"{path} holds no metric rows, so there is nothing to draw; rerun the report rule.")
     return _ordered(df)
+
+
+def check_destination(df: pd.DataFrame, target: Path) -> None:
+    """Refuse to write ``df``'s tables or figures where another profile's results are: the folder of ``target`` (or
+    the one above a ``tables/`` or ``figures/`` folder) holding a metrics.csv of other profiles."""
+    target = Path(target)
+    folder = target if target.suffix == "" else target.parent
+    for root in (folder, folder.parent):
+        existing = root / "metrics.csv"
+        if not existing.is_file():
+            continue
+        try:
+            theirs = set(pd.read_csv(existing, usecols=["profile"], dtype=str)["profile"].dropna())
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            theirs = set()
+        ours = set(df["profile"].astype(str))
+        if theirs and theirs != ours:
+            raise UserError(
+                f"{target} is in the results of profile {', '.join(sorted(theirs))} ({existing}), but "
+                f"these metrics are of {', '.join(sorted(ours))}; pass --out to write them elsewhere."
+            )
+        return
 
 
 def _present(values, order):
@@ -155,8 +187,10 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    partial = Path(path).with_name(Path(path).name + ".partial")
+    fig.savefig(partial, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
+    partial.replace(path)
 
 
 def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path) -> list[Path]:
@@ -164,10 +198,8 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
     from ebft.paths import figure_name
 
     if metrics_csv is not None:
-        Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(metrics_csv, index=False)
-    Path(table).parent.mkdir(parents=True, exist_ok=True)
-    Path(table).write_text(markdown_tables(df))
+        atomic_write(Path(metrics_csv), df.to_csv(index=False))
+    atomic_write(Path(table), markdown_tables(df))
     written = []
     for name in metric_order(df["metric"]):
         if metrics.metric(name).figure:

@@ -657,9 +657,13 @@ def run_program(
 
 
 def run_many(
-    programs: list[str], *, timeout: float = 3.0, memory_mb: int = 1024, workers: int | None = None
-) -> list[ExecutionResult]:
-    """Run programs on a bounded thread pool (default: one worker per CPU); results in input order, never raises."""
+    programs: list[str], *, timeout: float = 3.0, memory_mb: int = 1024, workers: int | None = None,
+    progress: str | None = None,
+) -> list[ExecutionResult]:  # fmt: skip
+    """Run programs on a bounded thread pool (default: one worker per CPU); results in input order, never raises.
+
+    ``progress`` names a progress bar (with rate and time left) on stderr; None shows none.
+    """
 
     def one(code: str) -> ExecutionResult:
         try:
@@ -669,4 +673,9 @@ def run_many(
 
     _current()  # probe once, before the threads start
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(one, programs))
+        results = pool.map(one, programs)
+        if progress is not None:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(programs), desc=progress, unit="program")
+        return list(results)

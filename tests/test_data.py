@@ -1,9 +1,11 @@
 import json
+import re
 
 import pytest
 
 from ebft.config import DjangoSource, HumanEvalSource, StdlibSource
-from ebft.data import PLACEHOLDER, django_pairs, hash_fraction, write_task_data
+from ebft.data import PLACEHOLDER, django_pairs, hash_fraction, read_records, write_task_data
+from ebft.errors import UserError
 
 
 def ids(rows):
@@ -75,7 +77,6 @@ def test_hub_dataset_offline_fails_at_once_naming_it(tmp_path):
     import time
 
     from ebft.config import HubSource, HubSplit
-    from ebft.errors import UserError
 
     split = HubSplit(path="sjelassi/opencode-instruct_100k_200tok")
     started = time.time()
@@ -95,3 +96,53 @@ def test_hub_dataset_with_unreachable_hub_is_one_sentence(tmp_path, monkeypatch)
     split = HubSplit(path="sjelassi/alma")
     with pytest.raises(UserError, match="dataset 'sjelassi/alma' needs the Hugging Face hub, which is unreachable"):
         write_task_data("translation", HubSource(train=split, heldout=split), 43, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "qa_code"
+    write_task_data("qa_code", HumanEvalSource(heldout=64), 43, out)
+    return out
+
+
+def edited(prepared, tmp_path, edit, *, manifest=False):
+    """A copy of the prepared folder with train.jsonl edited (and its manifest dropped unless ``manifest``)."""
+    out = tmp_path / "qa_code"
+    out.mkdir()
+    lines = (prepared / "train.jsonl").read_text().splitlines(keepends=True)
+    (out / "train.jsonl").write_text("".join(edit(lines)))
+    if manifest:
+        (out / "manifest.json").write_text((prepared / "manifest.json").read_text())
+    return out / "train.jsonl"
+
+
+def test_prepared_data_reads_back_checked_against_its_manifest(prepared):
+    assert len(read_records(prepared / "train.jsonl")) == 164 - 64
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda ls: ls[:2] + ['{"question": "q", "answer": "a",\n'] + ls[2:], r"line 3 is not a JSON record \("),
+        (lambda ls: ls[:1] + ['{"question": "q", "tests": null}\n'], r"line 2 has no 'answer'"),
+        (lambda ls: ['{"answer": "a"}\n'], r"line 1 has no 'question'"),
+        (lambda ls: ls[:4] + ['{"question": "q", "answer": 3}\n'], r"line 5: 'answer' is a int, not a string"),
+        (lambda ls: ["[1, 2]\n"], r"line 1 is a JSON list, not a record"),
+        (lambda ls: ["\n"], r"holds no records"),
+    ],
+)
+def test_a_bad_data_file_is_one_sentence_naming_file_and_line(prepared, tmp_path, edit, expected):
+    """Regression: a malformed line 3 was reported as 'line 1 column 35' with no file name; a record without an
+    answer or with a non-string one, and an empty file, failed later with a traceback."""
+    path = edited(prepared, tmp_path, edit)
+    with pytest.raises(UserError, match=f"^{re.escape(str(path))} .*{expected}") as e:
+        read_records(path)
+    assert "prepare-data" in str(e.value)
+
+
+def test_a_data_file_that_is_not_the_one_prepare_data_wrote_is_refused(prepared, tmp_path):
+    path = edited(prepared, tmp_path, lambda ls: ls[:-1], manifest=True)  # one record lost
+    with pytest.raises(
+        UserError, match=r"is not the file prepare-data wrote \(its SHA-256 differs from manifest.json\)"
+    ):
+        read_records(path)

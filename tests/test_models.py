@@ -89,3 +89,40 @@ def test_local_folder_is_copied(tmp_path, tiny_model_dir):
 def test_loading_an_unprepared_folder_is_one_sentence(tmp_path):
     with pytest.raises(UserError, match="is not a prepared model folder"):
         load_causal_lm(tmp_path)
+
+
+def damaged(tiny_model_dir, tmp_path, damage):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    damage(folder)
+    return folder
+
+
+WEIGHTS = "model.safetensors"
+
+
+@pytest.mark.parametrize(
+    "damage,what",
+    [
+        (lambda d: (d / WEIGHTS).write_bytes((d / WEIGHTS).read_bytes()[:1000]), "weights"),  # truncated copy
+        (lambda d: (d / WEIGHTS).write_bytes((d / WEIGHTS).read_bytes()[:-1000]), "weights"),  # cut off at the end
+        (lambda d: (d / WEIGHTS).unlink(), "weights"),  # a folder without weights
+        (lambda d: (d / "config.json").write_text('{"model_type": "llama",'), "config"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "no-such-model"}'), "config"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_sentence_naming_it_and_the_fix(tiny_model_dir, tmp_path, damage, what):
+    """Regression: a truncated weights file, a folder without weights and a bad config.json died in transformers or
+    safetensors with a traceback."""
+    folder = damaged(tiny_model_dir, tmp_path, damage)
+    with pytest.raises(UserError, match=rf"^the {what} in {folder} cannot be loaded \(.*\); delete the folder and "
+                                        r"rerun 'ebft prepare-model'"):  # fmt: skip
+        load_causal_lm(folder)
+
+
+def test_a_damaged_tokenizer_is_one_sentence(tiny_model_dir, tmp_path):
+    folder = damaged(tiny_model_dir, tmp_path, lambda d: (d / "tokenizer.json").write_text("{"))
+    with pytest.raises(UserError, match=rf"^the tokenizer in {folder} cannot be loaded"):
+        load_tokenizer(folder)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ebft import strided
-from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource, build
+from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource, LoraSettings, build
 from ebft.data import human_eval_split
 from ebft.errors import ConfigError, UserError
 from ebft.packing import pack_examples
@@ -80,11 +80,12 @@ def test_kl_estimators():
 
 def run(tiny_model_dir, records, out, **kw):
     extra = {k: kw.pop(k) for k in ("halt_after", "settings_hash") if k in kw}
+    finetune = kw.pop("finetune", FinetuneConfig())
     settings = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "max_steps": 3,
                 "checkpoint_every": 1, **kw}  # fmt: skip
     cfg = EBFTConfig(**settings)
     return train_ebft(base_dir=tiny_model_dir, start_dir=tiny_model_dir, train_records=records, chunk_length=64,
-                      finetune=FinetuneConfig(), cfg=cfg, precision="fp32", seed=7, out=out, **extra)  # fmt: skip
+                      finetune=finetune, cfg=cfg, precision="fp32", seed=7, out=out, **extra)  # fmt: skip
 
 
 def trainable_weights(path):
@@ -214,3 +215,37 @@ def test_a_checkpoint_written_under_other_settings_is_never_continued(tiny_model
     second = trainable_weights(out)
     assert any(not torch.equal(first[k], second[k]) for k in first)
     assert torch.load(out / "checkpoint/state.pt", weights_only=False)["settings_hash"] == "second"
+
+
+def metric_rows(out):
+    keep = ("step", "epoch", "reward", "ce", "loss", "grad_norm", "lr")  # not the timings
+    return [{k: r[k] for k in keep} for r in csv.DictReader((out / "train_metrics.csv").open())]
+
+
+def test_a_resumed_run_lists_every_step_once_though_its_csv_was_deleted(tiny_model_dir, records, tmp_path, capfd):
+    """Regression: the workflow deletes a failed job's train_metrics.csv, and the resumed run wrote only the steps
+    after its checkpoint; rows logged after the last checkpoint would also have been written twice."""
+    settings = {"max_steps": 4, "checkpoint_every": 2}
+    run(tiny_model_dir, records, tmp_path / "straight", **settings)
+    run(tiny_model_dir, records, tmp_path / "killed", halt_after=3, **settings)  # checkpoint at 2, rows 1–3 logged
+    assert [r["step"] for r in metric_rows(tmp_path / "killed")] == ["1", "2", "3"]
+    (tmp_path / "killed/train_metrics.csv").unlink()  # what Snakemake does before it reruns the job
+    capfd.readouterr()
+    run(tiny_model_dir, records, tmp_path / "killed", **settings)
+    assert "ebft: resuming from step 2 of 4" in capfd.readouterr().err
+    assert metric_rows(tmp_path / "killed") == metric_rows(tmp_path / "straight")
+    a, b = trainable_weights(tmp_path / "straight"), trainable_weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_lora_rank_starts_afresh_instead_of_crashing(tiny_model_dir, records, tmp_path, capfd):
+    """Regression: after a change of LoRA rank, resuming died with a tensor-size RuntimeError (here even with the
+    same settings hash, as when a checkpoint of another code version is found)."""
+    out = tmp_path / "run"
+    rank = lambda r: FinetuneConfig(lora=LoraSettings(r=r, alpha=2 * r))  # noqa: E731
+    run(tiny_model_dir, records, out, finetune=rank(2), halt_after=1, settings_hash="same")
+    run(tiny_model_dir, records, out, finetune=rank(4), settings_hash="same")
+    err = capfd.readouterr().err
+    assert "cannot be continued: its trainable weights differ from this model's" in err and "starting afresh" in err
+    assert [r["step"] for r in metric_rows(out)] == ["1", "2", "3"]
+    assert next(v for k, v in trainable_weights(out).items() if "lora_A" in k).shape[0] == 4

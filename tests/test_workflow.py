@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -148,3 +149,84 @@ def safetensors(path):
     from safetensors.torch import load_file
 
     return load_file(path)
+
+
+def trainer_processes(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` (zombies excluded)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmd and " train " in cmd and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly(tmp_path, cli_env):
+    """Regression (interruption): a killed Snakemake left its trainer running, the rerun needed --rerun-incomplete,
+    and the resumed EBFT run lost the per-step metrics of the steps before its checkpoint (Snakemake deletes a job's
+    declared outputs before rerunning it). Now the trainer stops with Snakemake; after the README's `--unlock`, a plain
+    rerun resumes from the checkpoint and ends with every step's metrics once and an uninterrupted run's weights.
+
+    The workflow runs from a copy of its files, so that `--unlock` touches this test's locks only."""
+    work = tmp_path / "workflow-copy"
+    work.mkdir()
+    shutil.copy(REPO / "Snakefile", work)
+    shutil.copytree(REPO / "workflow", work / "workflow")
+    shutil.copytree(REPO / "profiles", work / "profiles")
+    raw = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    raw["tasks"] = {"qa_code": raw["tasks"]["qa_code"]}
+    raw["ebft"].update(max_steps=10, checkpoint_every=1)
+    (work / "profile.yaml").write_text(yaml.safe_dump(raw))
+
+    def snakemake_cmd(results, *args):
+        return [sys.executable, "-m", "snakemake", *args, "--cores", "2", "--configfile", "profile.yaml", "--config",
+                f"results_dir={results}"]  # fmt: skip
+
+    def run(results, *args):
+        proc = subprocess.run(snakemake_cmd(results, *args), cwd=work, env=cli_env, capture_output=True, text=True,
+                              timeout=900)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    target = "{}/smoke/runs/ebft/qa_code/model"
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(straight, target.format(straight))
+
+    run_dir = killed / "smoke/runs/ebft/qa_code"
+    proc = subprocess.Popen(snakemake_cmd(killed, target.format(killed)), cwd=work, env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 600
+    while not (run_dir / "checkpoint/state.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: Snakemake gets no chance to stop its jobs
+    proc.wait()
+    assert trainer_processes(str(killed)), "the trainer should have been running when Snakemake was killed"
+    deadline = time.time() + 15
+    while trainer_processes(str(killed)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not trainer_processes(str(killed)), "the trainer ran on after Snakemake was killed"
+    assert not (run_dir / "model").exists()
+    done = torch.load(run_dir / "checkpoint/state.pt", weights_only=False)["step"]
+    assert 1 <= done < 10
+
+    with pytest.raises(AssertionError, match="LockException|locked"):
+        run(killed, target.format(killed))
+    run(killed, "--unlock")  # the README's recipe after a killed Snakemake
+    run(killed, target.format(killed))  # rerun-incomplete comes from the workflow profile
+    log = (killed / "smoke/logs/train_ebft/qa_code.log").read_text()
+    resumed = int(re.search(r"ebft: resuming from step (\d+) of 10", log)[1])
+    assert resumed >= done
+
+    def rows(root):
+        table = pd.read_csv(root / "smoke/runs/ebft/qa_code/train_metrics.csv")
+        return table.drop(columns=["rollout_tokens_per_s", "sample_s", "step_time_s"])
+
+    assert list(rows(killed)["step"]) == list(range(1, 11))
+    pd.testing.assert_frame_equal(rows(killed), rows(straight))
+    a = safetensors(straight / "smoke/runs/ebft/qa_code/adapter/adapter_model.safetensors")
+    b = safetensors(run_dir / "adapter/adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

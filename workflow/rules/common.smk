@@ -15,6 +15,7 @@ except ConfigError as error:
     sys.exit(f"Config error: {error}")
 
 # The `ebft` command of the environment running Snakemake, so `.venv/bin/snakemake` works without activating it.
+# Rules `exec` it with --stop-with-parent: Snakemake is then its parent, and a killed Snakemake leaves no job running.
 _ebft = Path(sys.executable).parent / "ebft"
 EBFT = shlex.quote(str(_ebft)) if _ebft.exists() else "ebft"
 L = STUDY.layout

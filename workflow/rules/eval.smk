@@ -11,8 +11,9 @@ rule eval_ce:
         L.log("eval_ce", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
-        "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} > {log} 2>&1"
+        "exec {EBFT} eval --kind ce --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
+        "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} --stop-with-parent "
+        "> {log} 2>&1"
 
 
 rule eval_fm:
@@ -29,9 +30,9 @@ rule eval_fm:
         L.log("eval_fm", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
+        "exec {EBFT} eval --kind fm --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --base-dir {input.base} --data-dir {params.data} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} --stop-with-parent > {log} 2>&1"
 
 
 rule eval_code:
@@ -48,6 +49,6 @@ rule eval_code:
         L.log("eval_code", "{task}", "{method}"),
     threads: all_cores
     shell:
-        "{EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
+        "exec {EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} --stop-with-parent > {log} 2>&1"

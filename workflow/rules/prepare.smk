@@ -7,8 +7,8 @@ rule prepare_model:
         L.log("prepare_model", "{model}"),
     threads: all_cores
     shell:
-        "{EBFT} prepare-model --job {params.job:q} --model {wildcards.model} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "exec {EBFT} prepare-model --job {params.job:q} --model {wildcards.model} --out {output} "
+        "--threads {threads} --stop-with-parent > {log} 2>&1"
 
 
 rule prepare_data:
@@ -22,4 +22,5 @@ rule prepare_data:
     log:
         L.log("prepare_data", "{task}"),
     shell:
-        "{EBFT} prepare-data --job {params.job:q} --task {wildcards.task} --out {params.out} > {log} 2>&1"
+        "exec {EBFT} prepare-data --job {params.job:q} --task {wildcards.task} --out {params.out} --stop-with-parent "
+        "> {log} 2>&1"

@@ -18,5 +18,5 @@ rule report:
     log:
         L.log("report"),
     shell:
-        "{EBFT} report --job {params.job:q} {input} --metrics-csv {output.csv} --table {output.table} "
-        "--figures {params.figures} > {log} 2>&1"
+        "exec {EBFT} report --job {params.job:q} {input} --metrics-csv {output.csv} --table {output.table} "
+        "--figures {params.figures} --stop-with-parent > {log} 2>&1"

@@ -14,8 +14,8 @@ rule train_sft:
         L.log("train_sft", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
-        "--data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
+        "exec {EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
+        "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent > {log} 2>&1"
 
 
 rule train_ebft:
@@ -35,8 +35,9 @@ rule train_ebft:
         L.log("train_ebft", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
-        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
+        "exec {EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
+        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
+        "> {log} 2>&1"
 
 
 rule train_rlvr:
@@ -57,5 +58,6 @@ rule train_rlvr:
         L.log("train_rlvr", "{task}"),
     threads: all_cores
     shell:
-        "{EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
-        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} > {log} 2>&1"
+        "exec {EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
+        "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
+        "> {log} 2>&1"

@@ -1,0 +1,207 @@
+"""The `ebft` command under bad input and stray use: one sentence naming the fix, and nothing already computed lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ebft.cli import main
+from ebft.config import HumanEvalSource
+from ebft.data import write_task_data
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "config/smoke.yaml")
+
+
+def refused(capsys, argv) -> str:
+    """Run the CLI in this process; it must exit with status 2 and one line on stderr, without a traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.splitlines()[-1]) > 20 and "error:" in err.splitlines()[-1], err
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "two"])
+def test_threads_must_be_a_positive_whole_number(capsys, value):
+    """Regression: --threads -3 died in torch with a traceback and --threads 0 was silently ignored."""
+    line = refused(capsys, ["eval", "--config", SMOKE, "--kind", "ce", "--task", "qa_code", "--method", "base",
+                            "--threads", value])  # fmt: skip
+    assert f"--threads: expected a whole number of at least 1, got '{value}'" in line
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_an_unknown_method_is_named_with_the_choices(capsys, command):
+    """Regression: `eval --method dpo` suggested prepare-model instead of naming the unknown method."""
+    line = refused(
+        capsys,
+        [command, "--config", SMOKE, "--kind", "ce", "--task", "qa_code", "--method", "dpo"]
+        if command == "eval"
+        else [command, "--config", SMOKE, "--task", "qa_code", "--method", "dpo"],
+    )
+    assert "invalid choice: 'dpo'" in line and "'ebft'" in line
+
+
+def test_a_missing_checkpoint_names_the_training_rule_that_has_not_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, ["eval", "--config", SMOKE, "--kind", "ce", "--task", "qa_code", "--method", "sft"])
+    assert "there is no sft checkpoint for qa_code at results/smoke/runs/sft/qa_code/model" in line
+    assert "the workflow's train_sft rule" in line and "prepare-model" not in line
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: x\nseed: [1, 2\nmethods: [sft]\n")
+    line = refused(capsys, ["train", "--config", str(bad), "--task", "qa_code", "--method", "sft"])
+    assert f"config file {bad} is not valid YAML at line 3, column 8" in line
+
+
+def test_a_malformed_job_is_one_sentence(capsys):
+    line = refused(capsys, ["train", "--job", '{"command": "train",', "--task", "qa_code", "--method", "sft"])
+    assert "--job is not valid JSON" in line
+
+
+def test_version_and_choices_in_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("ebft 0.")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--kind {ce,fm,code}" in help_text and "--method {base,sft,ebft,rlvr}" in help_text
+
+
+def test_a_failed_run_leaves_the_provenance_of_the_finished_run_in_its_folder(capsys, tmp_path):
+    """Regression: a failed `ebft train` into a finished run's folder rewrote its resolved_config.yaml with the
+    settings of the run that failed, while the old model stayed."""
+    data = tmp_path / "data"
+    write_task_data("qa_code", HumanEvalSource(heldout=64), 43, data)
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model/config.json").write_text("{}")
+    finished = yaml.safe_dump({"config_hash": "finished-run", "method": "sft"})
+    (run / "resolved_config.yaml").write_text(finished)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    line = refused(capsys, ["train", "--config", SMOKE, "--task", "qa_code", "--method", "sft", "--model-dir",
+                            str(broken), "--data-dir", str(data), "--out", str(run)])  # fmt: skip
+    assert "cannot be loaded" in line and str(broken) in line
+    assert (run / "resolved_config.yaml").read_text() == finished
+    assert not list(run.glob("*.partial"))
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+
+
+def metrics_csv(path: Path, profile: str, value: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"profile": profile, "task": "qa_code", "method": "base", "metric": "val_ce", "value": value,
+                   "n": 10, "ci_low": value - 0.1, "ci_high": value + 0.1, "config_hash": "h", "git_sha": "g",
+                   "note": ""}]).to_csv(path, index=False)  # fmt: skip
+    return path
+
+
+@pytest.fixture
+def two_profiles(tmp_path, monkeypatch):
+    """results/cpu with finished results and results/smoke with a metrics.csv, in a scratch folder."""
+    monkeypatch.chdir(tmp_path)
+    cpu = metrics_csv(tmp_path / "results/cpu/metrics.csv", "cpu", 1.5)
+    (tmp_path / "results/cpu/tables").mkdir()
+    (tmp_path / "results/cpu/tables/main.md").write_text("finished cpu table\n")
+    metrics_csv(tmp_path / "results/smoke/metrics.csv", "smoke", 9.0)
+    return {p: p.read_bytes() for p in [cpu, tmp_path / "results/cpu/tables/main.md"]}
+
+
+def test_report_with_nothing_to_collect_refuses_and_writes_nothing(capsys, two_profiles):
+    """Regression: `ebft report` with no inputs exited 0 after emptying the profile's metrics.csv and table."""
+    line = refused(capsys, ["report", "--config", str(REPO / "config/cpu.yaml")])
+    assert "report got no evaluation records to collect, so it wrote nothing" in line
+    assert all(path.read_bytes() == before for path, before in two_profiles.items())
+
+
+def test_redrawing_another_profiles_csv_never_writes_into_these_results(capsys, two_profiles, tmp_path):
+    """Regression: `report --from-csv results/smoke/metrics.csv` overwrote the cpu profile's table and figures."""
+    assert main(["report", "--from-csv", "results/smoke/metrics.csv"]) == 0
+    assert "9.0000" in (tmp_path / "results/smoke/tables/main.md").read_text()
+    assert (tmp_path / "results/smoke/figures/val_ce.png").is_file()
+    line = refused(capsys, ["report", "--from-csv", "results/smoke/metrics.csv", "--table",
+                            "results/cpu/tables/main.md"])  # fmt: skip
+    assert "is in the results of profile cpu" in line and "these metrics are of smoke" in line
+    assert main(["report", "--from-csv", "results/smoke/metrics.csv", "--out", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere/tables/main.md").is_file() and (tmp_path / "elsewhere/figures/val_ce.png").is_file()
+    assert all(path.read_bytes() == before for path, before in two_profiles.items())
+
+
+def test_records_of_another_profile_are_not_collected(capsys, two_profiles, tmp_path):
+    record = tmp_path / "smoke_record.json"
+    record.write_text(json.dumps({"profile": "smoke", "task": "qa_code", "method": "base", "config_hash": "h",
+                                  "git_sha": "g", "metrics": []}))  # fmt: skip
+    line = refused(capsys, ["report", "--config", str(REPO / "config/cpu.yaml"), str(record)])
+    assert "is a record of profile 'smoke', not 'cpu'" in line
+    assert all(path.read_bytes() == before for path, before in two_profiles.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# Interruption
+# --------------------------------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; nobody may be reaping it in a container
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_a_job_stops_when_the_process_that_started_it_is_killed(flag):
+    """With --stop-with-parent (as the rules pass it) a killed Snakemake leaves no job running; without it, the job
+    runs on (the control that shows the test can fail)."""
+    job = ("import time; from ebft.cli import stop_with_parent; " + ("stop_with_parent(0.05); " if flag else "")
+           + "print('ready', flush=True); time.sleep(60)")  # fmt: skip
+    driver = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {job!r}]); "
+              "print(p.pid, flush=True); p.wait()")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    child = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "ready"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        assert alive(child) is not flag
+    finally:
+        if alive(child):
+            os.kill(child, 9)
+
+
+def test_check_resolves_every_job_of_a_profile_or_names_the_problem(capsys, tmp_path):
+    assert main(["check", "--config", SMOKE]) == 0
+    assert "profile 'smoke', 3 tasks, 42 jobs; no problem found." in capsys.readouterr().out
+    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw["tasks"]["translation"]["chunk_length"] = 8  # fits its own override c = 4, s = 2, G = 4: one block
+    raw["tasks"]["qa_code"]["chunk_length"] = 8  # the global c = s = G = 8 need L ≥ 16
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    line = refused(capsys, ["check", "--config", str(edited)])
+    assert "tasks.qa_code: the strided layout does not fit its chunks" in line
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: x\n  seed: 1\n")
+    assert "is not valid YAML at line 2, column 7" in refused(capsys, ["check", "--config", str(bad)])
