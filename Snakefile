@@ -1,6 +1,6 @@
 # EBFT reproduction study: prepare → train → evaluate → report.
 #   snakemake --cores all                                 # default profile (config/cpu.yaml, offline, CPU)
-#   snakemake --cores all --configfile config/smoke.yaml  # CI profile, about 3.5 minutes
+#   snakemake --cores all --configfile config/smoke.yaml  # CI profile, about 4 minutes
 #   snakemake --cores all --configfile config/paper.yaml  # released models and data (GPUs, hub)
 # A --configfile replaces the default profile rather than merging into it.
 

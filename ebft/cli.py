@@ -198,6 +198,13 @@ def cmd_eval(args, job: Job):
         rows, extra = evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
                                     seed=job.seed, samples_out=samples)  # fmt: skip
         extra.update(problems=len(problems), samples_file=str(samples))
+    elif job.kind == "translation":
+        from evals.translation import evaluate_translation
+
+        samples = Path(args.samples or layout.samples_file(job.task, job.method, "translation"))
+        rows, extra = evaluate_translation(model_dir, read_records(data_dir / "heldout.jsonl"), job.prompt_format,
+                                           job.translation, precision=job.precision, seed=job.seed,
+                                           samples_out=samples)  # fmt: skip
     elif job.kind == "ce":
         from evals.ce import evaluate_ce
 
@@ -314,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
     sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "
-                                                                      "feature-matching loss or pass@k")  # fmt: skip
+                    "feature-matching loss, pass@k or BLEU/chrF++/COMET")  # fmt: skip
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--method", required=True, choices=("base", *METHODS),
                     help="the base model or a training method's checkpoint")  # fmt: skip
@@ -322,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--base-dir", help="the task's base model: the feature network for fm (default: prepared)")
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
-    sp.add_argument("--samples", help="code: per-sample JSONL (default …/eval/code/<task>/<method>.samples.jsonl)")
+    sp.add_argument("--samples", help="code, translation: per-sample JSONL (default …/eval/<kind>/<task>/<method>"
+                                      ".samples.jsonl)")  # fmt: skip
 
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")

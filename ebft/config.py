@@ -345,10 +345,26 @@ class CEEvalConfig(Section):
 
 
 @dataclass
+class TranslationEvalConfig(Section):
+    """Downstream translation (EBFT_SPEC.md §6): BLEU and chrF++ (sacreBLEU), COMET-22 where its model is at hand."""
+
+    max_pairs: int | None = setting(200, "the first held-out pairs of each direction; null: all", minimum=1)
+    temperature: float = setting(0.6, "the released protocol: one sample at this temperature", exclusiveMinimum=0)
+    top_p: float = setting(0.95, exclusiveMinimum=0, maximum=1)
+    greedy: bool = setting(True, "score greedy decoding too")
+    max_new_tokens: int = setting(256, minimum=1)
+    batch_size: int = setting(16, "prompts per generate call", minimum=1)
+    bootstrap: int = setting(1000, "resamples of sentences for the 95 % intervals", minimum=1)
+    comet_model: str | None = setting("Unbabel/wmt22-comet-da", "a local COMET folder or a hub id (needs "
+                                      "unbabel-comet); null: no COMET")  # fmt: skip
+
+
+@dataclass
 class EvalConfig(Section):
     ce: CEEvalConfig = setting(factory=CEEvalConfig)
     fm: FMEvalConfig = setting(factory=FMEvalConfig)
     code: CodeEvalConfig = setting(factory=CodeEvalConfig)
+    translation: TranslationEvalConfig = setting(factory=TranslationEvalConfig)
 
 
 @dataclass
@@ -360,6 +376,8 @@ class TaskConfig(Section):
     chunk_length: int = setting(256, "L: packed chunk length in tokens", minimum=2)
     reward: Literal["unit_tests", "chrf", "none"] = setting("none", "RLVR's verifiable reward (none: no RLVR run)")
     code_eval: Literal["none", "heldout", "human_eval"] = setting("none", "downstream pass@k problems")
+    translation_eval: Literal["none", "heldout"] = setting("none", "downstream BLEU/chrF++/COMET on the held-out "
+                                                                   "pairs (translation data only)")  # fmt: skip
     sft: dict[str, Any] | None = setting(None, "overrides of the global `sft` section for this task")
     ebft: dict[str, Any] | None = setting(None, "overrides of the global `ebft` section (e.g. c/s/G, pooling)")
     rlvr: dict[str, Any] | None = setting(None, "overrides of the global `rlvr` section")

@@ -38,9 +38,9 @@ class Layout:
     def eval_file(self, kind: str, task: str, method: str) -> Path:
         return self.root / "eval" / kind / task / f"{method}.json"
 
-    def samples_file(self, task: str, method: str) -> Path:
-        """Code evaluation: one JSONL record per (problem, sample)."""
-        return self.root / "eval" / "code" / task / f"{method}.samples.jsonl"
+    def samples_file(self, task: str, method: str, kind: str = "code") -> Path:
+        """Code evaluation: one JSONL record per (problem, sample); translation: one per (pair, decoding)."""
+        return self.root / "eval" / kind / task / f"{method}.samples.jsonl"
 
     @property
     def figures_dir(self) -> Path:

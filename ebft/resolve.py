@@ -35,6 +35,7 @@ from ebft.config import (
     RLVRConfig,
     SFTConfig,
     Source,
+    TranslationEvalConfig,
     build,
     config_hash,
     plain,
@@ -43,7 +44,7 @@ from ebft.errors import ConfigError, UserError
 from ebft.paths import Layout
 
 COMMANDS = ("prepare-model", "prepare-data", "train", "eval", "report")
-EVAL_KINDS = ("ce", "fm", "code")  # validation cross-entropy, held-out feature-matching loss, pass@k
+EVAL_KINDS = ("ce", "fm", "code", "translation")  # validation CE, held-out FM loss, pass@k, BLEU/chrF++/COMET
 # the EBFT settings that decide the held-out FM loss (the rollouts' layout and sampling, the features) and those
 # RLVR shares with EBFT (budget, batch, optimiser, starting point)
 FM_EBFT_FIELDS = ("c", "s", "G", "temperature", "top_p", "feature_layers", "pooling", "answer_only", "document_mask")
@@ -63,6 +64,7 @@ class Task:
     chunk_length: int
     reward: str
     code_eval: str
+    translation_eval: str
     sft: SFTConfig
     ebft: EBFTConfig
     rlvr: RLVRConfig
@@ -84,7 +86,7 @@ class Job:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     task: str | None = None
     method: Literal["base", "sft", "ebft", "rlvr"] | None = None  # trained method; 'base' only in an evaluation
-    kind: Literal["ce", "fm", "code"] | None = None
+    kind: Literal["ce", "fm", "code", "translation"] | None = None
     model_name: str | None = None
     model: ModelSource | None = None
     prompt_format: Literal["raw", "chat"] | None = None
@@ -99,6 +101,7 @@ class Job:
     ce: CEEvalConfig | None = None
     fm: FMEvalConfig | None = None
     code: CodeEvalConfig | None = None
+    translation: TranslationEvalConfig | None = None
     start: str | None = None  # training from: 'base', or 'sft:<hash of the SFT job>'
     trained: str | None = None  # evaluation of a checkpoint: the hash of the job that trained it
     methods: list[str] | None = None  # report: the trained methods
@@ -176,7 +179,9 @@ class Study:
         return ["base", *self.trained(task)]
 
     def eval_kinds(self, task: str) -> list[str]:
-        return ["ce", "fm"] + (["code"] if self.task(task).code_eval != "none" else [])
+        spec = self.task(task)
+        return (["ce", "fm"] + (["code"] if spec.code_eval != "none" else [])
+                + (["translation"] if spec.translation_eval != "none" else []))  # fmt: skip
 
     @property
     def no_verifier(self) -> list[str]:
@@ -243,6 +248,11 @@ class Study:
             return Job(**job, ce=ev.ce)
         if kind == "fm":
             return Job(**job, fm=ev.fm, ebft={k: getattr(spec.ebft, k) for k in FM_EBFT_FIELDS})
+        if kind == "translation":
+            if spec.translation_eval == "none":
+                raise UserError(f"{spec.name} has no translation evaluation (tasks.{spec.name}.translation_eval is "
+                                f"'none'); set it to heldout.")  # fmt: skip
+            return Job(**job, translation=ev.translation, prompt_format=spec.model.prompt_format)
         if spec.code_eval == "none":
             raise UserError(f"{spec.name} has no code evaluation (tasks.{spec.name}.code_eval is 'none'); set it to "
                             f"heldout or human_eval.")  # fmt: skip
@@ -270,8 +280,12 @@ def load_study(raw: dict) -> Study:
         except ValueError as e:
             raise ConfigError(f"tasks.{name}: the strided layout does not fit its chunks ({e}); change "
                               f"chunk_length or ebft.c/s/G.") from None  # fmt: skip
+        if tc.translation_eval != "none" and tc.source.kind not in ("django", "hub"):
+            raise ConfigError(f"tasks.{name}.translation_eval is {tc.translation_eval!r} but its data are not "
+                              f"translation pairs (source kind {tc.source.kind!r}); set it to 'none'.")  # fmt: skip
         tasks[name] = Task(name=name, model_name=tc.model, model=profile.models[tc.model], source=tc.source,
                            chunk_length=tc.chunk_length, reward=tc.reward, code_eval=tc.code_eval,
+                           translation_eval=tc.translation_eval,
                            **merged)  # fmt: skip
     study = Study(profile, tasks)
     if "rlvr" in profile.methods and not any(t.reward != "none" for t in tasks.values()):

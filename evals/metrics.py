@@ -31,21 +31,35 @@ class Metric:
     name: str
     label: str
     lower_is_better: bool
-    kind: str  # the evaluation that produces it: ce, fm or code
+    kind: str  # the evaluation that produces it: ce, fm, code or translation
     figure: bool = True  # whether the report draws it (val_ce_answer is in the table only: its bars repeat val_ce's)
+    table: bool = True  # whether the main table shows it (a translation direction's score is in metrics.csv only)
 
 
 METRICS = {
     "val_ce": Metric("val_ce", "Validation CE, all tokens (nats/token)", True, "ce"),
     "val_ce_answer": Metric("val_ce_answer", "Validation CE, answer tokens (nats/token)", True, "ce", figure=False),
     "fm_loss": Metric("fm_loss", "Held-out feature-matching loss", True, "fm"),
-}
+    "bleu": Metric("bleu", "Translation BLEU (one sample at T = 0.6, macro over directions)", False, "translation"),
+    "chrf": Metric("chrf", "Translation chrF++ (one sample at T = 0.6, macro over directions)", False, "translation"),
+    "comet": Metric("comet", "Translation COMET-22 (one sample at T = 0.6)", False, "translation", figure=False),
+    "bleu_greedy": Metric("bleu_greedy", "Translation BLEU (greedy, macro over directions)", False, "translation",
+                          figure=False),
+    "chrf_greedy": Metric("chrf_greedy", "Translation chrF++ (greedy, macro over directions)", False, "translation",
+                          figure=False),
+    "comet_greedy": Metric("comet_greedy", "Translation COMET-22 (greedy)", False, "translation", figure=False),
+}  # fmt: skip
+GROUP_NAMES = {"en-xx": "English into the other languages", "xx-en": "the other languages into English"}
 
 
 def metric(name: str) -> Metric:
     """The declaration of a metric; pass@k metrics are named by their k."""
     if name.startswith("pass@") and name[5:].isdigit():
         return Metric(name, f"Code {name} (unbiased estimator, fraction of problems)", False, "code")
+    if name.endswith("]") and "[" in name and name.split("[", 1)[0] in METRICS:  # bleu[de-en], chrf_greedy[en-xx]
+        base, group = name[:-1].split("[", 1)
+        where = GROUP_NAMES.get(group, group.replace("-", " → "))
+        return Metric(name, f"{METRICS[base].label}, {where}", False, "translation", figure=False, table=False)
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}, pass@<k>")
     return METRICS[name]
@@ -56,6 +70,11 @@ def metric_order(names) -> list[str]:
     names = set(names)
     passes = sorted((m for m in names if m.startswith("pass@")), key=lambda m: int(m[5:]))
     return [m for m in METRICS if m in names] + passes + sorted(names - set(METRICS) - set(passes))
+
+
+def table_metrics(names) -> list[str]:
+    """The metrics of the main table, in order."""
+    return [m for m in metric_order(names) if metric(m).table]
 
 
 def study_metrics(kinds, ks) -> list[str]:

@@ -16,7 +16,7 @@ import pandas as pd
 from ebft.errors import UserError
 from ebft.paths import atomic_write
 from evals import metrics
-from evals.metrics import metric_order
+from evals.metrics import metric_order, table_metrics
 
 COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha", "note"]
 NO_VERIFIER = "n/a (no verifier)"
@@ -48,7 +48,8 @@ def collect(eval_files: list[Path], profile: str, no_verifier: list[str] = ()) -
         for m in rec["metrics"]:
             rows.append({"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
                          "value": m["value"], "n": m["n"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                         "config_hash": rec["config_hash"], "git_sha": rec["git_sha"], "note": ""})  # fmt: skip
+                         "config_hash": rec["config_hash"], "git_sha": rec["git_sha"],
+                         "note": m.get("note", "")})  # fmt: skip
     for task in no_verifier:
         for metric in sorted({r["metric"] for r in rows if r["task"] == task}):
             rows.append({"profile": profile, "task": task, "method": "rlvr", "metric": metric, "value": float("nan"),
@@ -123,7 +124,7 @@ def _present(values, order):
 def markdown_tables(df: pd.DataFrame) -> str:
     """One table per metric: a row per task, a column per method, 'value [ci_low, ci_high]' in each cell."""
     parts = []
-    for metric in metric_order(df["metric"]):
+    for metric in table_metrics(df["metric"]):
         label, lower = metric_info(metric)
         sub = df[df["metric"] == metric]
         methods = _present(sub["method"], METHOD_ORDER)

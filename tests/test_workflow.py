@@ -32,15 +32,28 @@ def job_stats(output: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "profile,models",
-    [("cpu", 1), ("smoke", 1), ("paper", 2)],
+    "profile,models,translation",
+    [("cpu", 1, 0), ("smoke", 1, 4), ("paper", 2, 0)],
 )
-def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models):
+def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, translation):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
     # RLVR on the two tasks with a verifier (qa_code, translation); pass@k on the two code tasks for every
-    # checkpoint: base, sft, ebft on both, rlvr on qa_code only
-    assert stats == {"prepare_model": models, "prepare_data": 3, "train_sft": 3, "train_ebft": 3, "train_rlvr": 2,
-                     "eval_ce": 11, "eval_fm": 11, "eval_code": 7, "report": 1, "all": 1}  # fmt: skip
+    # checkpoint: base, sft, ebft on both, rlvr on qa_code only; BLEU/chrF++ for the four translation models where the
+    # profile sets translation_eval
+    expected = {
+        "prepare_model": models,
+        "prepare_data": 3,
+        "train_sft": 3,
+        "train_ebft": 3,
+        "train_rlvr": 2,
+        "eval_ce": 11,
+        "eval_fm": 11,
+        "eval_code": 7,
+        "eval_translation": translation,
+        "report": 1,
+        "all": 1,
+    }
+    assert stats == {k: v for k, v in expected.items() if v}
 
 
 def test_a_per_task_sft_init_makes_that_tasks_ebft_and_rlvr_start_from_its_sft_checkpoint(tmp_path, cli_env):
@@ -78,10 +91,22 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     assert set(zip(df.task, df.method, strict=True)) == {
         (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft", "ebft", "rlvr")
     }
-    assert set(df.metric) == {"val_ce", "val_ce_answer", "fm_loss", "pass@1", "pass@2"}
+    translation = {
+        f"{score}{decoding}{group}"
+        for score in ("bleu", "chrf")
+        for decoding in ("", "_greedy")
+        for group in ("", "[de-en]", "[en-de]", "[en-xx]", "[xx-en]")
+    } | {"comet", "comet_greedy"}
+    assert set(df.metric) == {"val_ce", "val_ce_answer", "fm_loss", "pass@1", "pass@2"} | translation
     na = df[df.value.isna()]
-    assert set(na.task) == {"unstructured_code"} and set(na.method) == {"rlvr"}
-    assert (na.note == "n/a (no verifier)").all()
+    no_verifier = na[~na.metric.str.startswith("comet")]
+    assert set(no_verifier.task) == {"unstructured_code"} and set(no_verifier.method) == {"rlvr"}
+    assert (no_verifier.note == "n/a (no verifier)").all()
+    comet = df[df.metric.str.startswith("comet")]  # offline: a note in every cell, never a number
+    assert len(comet) == 8 and comet.value.isna().all() and (comet.note == "n/a (COMET model not available "
+                                                                          "offline)").all()  # fmt: skip
+    bleu = df[df.metric == "bleu"]
+    assert set(bleu.method) == {"base", "sft", "ebft", "rlvr"} and set(bleu.task) == {"translation"}
     code = df[df.metric.str.startswith("pass@") & df.value.notna()]
     assert set(zip(code.task, code.method, strict=True)) == {
         ("qa_code", m) for m in ("base", "sft", "ebft", "rlvr")
@@ -89,10 +114,14 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     assert ((code.ci_low <= code.value) & (code.value <= code.ci_high)).all()
     table = (root / "tables/main.md").read_text()
     assert "| translation |" in table and "n/a (no verifier)" in table
-    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2"):
+    assert "Translation chrF++ (one sample at T = 0.6, macro over directions)" in table
+    assert "[de-en]" not in table  # the directions are in metrics.csv, not in the main table
+    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2", "bleu", "chrf"):
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # max_problems × n
+    translations = (root / "eval/translation/translation/ebft.samples.jsonl").read_text().splitlines()
+    assert len(translations) == 6 * 2 * 2  # max_pairs × directions × (sampled, greedy)
     assert (root / "runs/rlvr/translation/rlvr_settings.yaml").is_file()
     resolved = (root / "runs/ebft/translation/resolved_config.yaml").read_text()
     assert "c: 4" in resolved and "s: 2" in resolved and "pooling: mean" in resolved  # the task's layout
@@ -230,3 +259,12 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     a = safetensors(straight / "smoke/runs/ebft/qa_code/adapter/adapter_model.safetensors")
     b = safetensors(run_dir / "adapter/adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_report():
+    """Regression: a figure without workflow/report/<caption>.rst makes `snakemake --report` fail."""
+    from evals.metrics import figure_metrics
+
+    for metric in figure_metrics({"ce", "fm", "code", "translation"}, [1, 2, 4]):
+        stem = "pass_at_k" if metric.startswith("pass@") else metric
+        assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric

@@ -86,6 +86,6 @@ def study_products():
     for task in TASKS:
         products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
         products += [L.checkpoint(m, task) for m in STUDY.trained(task)]
-        if "code" in STUDY.eval_kinds(task):
-            products += [L.samples_file(task, m) for m in STUDY.evaluated(task)]
+        for kind in [k for k in ("code", "translation") if k in STUDY.eval_kinds(task)]:
+            products += [L.samples_file(task, m, kind) for m in STUDY.evaluated(task)]
     return products + eval_records()

@@ -52,3 +52,22 @@ rule eval_code:
         "exec {EBFT} eval --kind code --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
         "--threads {threads} --stop-with-parent > {log} 2>&1"
+
+
+rule eval_translation:
+    input:
+        model=eval_model,
+        heldout=L.data_dir("{task}") / "heldout.jsonl",
+    output:
+        record=L.eval_file("translation", "{task}", "{method}"),
+        samples=L.samples_file("{task}", "{method}", "translation"),
+    params:
+        job=eval_job("translation"),
+        data=lambda wildcards, input: Path(input.heldout).parent,
+    log:
+        L.log("eval_translation", "{task}", "{method}"),
+    threads: all_cores
+    shell:
+        "exec {EBFT} eval --kind translation --task {wildcards.task} --method {wildcards.method} --job {params.job:q} "
+        "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
+        "--threads {threads} --stop-with-parent > {log} 2>&1"
