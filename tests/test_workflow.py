@@ -208,7 +208,7 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     shutil.copytree(REPO / "profiles", work / "profiles")
     raw = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     raw["tasks"] = {"qa_code": raw["tasks"]["qa_code"]}
-    raw["ebft"].update(max_steps=10, checkpoint_every=1)
+    raw["ebft"].update(max_steps=6, checkpoint_every=1)
     (work / "profile.yaml").write_text(yaml.safe_dump(raw))
 
     def snakemake_cmd(results, *args):
@@ -226,6 +226,8 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     run(straight, target.format(straight))
 
     run_dir = killed / "smoke/runs/ebft/qa_code"
+    for prepared in ("models", "data"):  # the same prepared inputs, without building them twice
+        shutil.copytree(straight / "smoke" / prepared, killed / "smoke" / prepared)
     proc = subprocess.Popen(snakemake_cmd(killed, target.format(killed)), cwd=work, env=cli_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 600
@@ -240,21 +242,21 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     assert not trainer_processes(str(killed)), "the trainer ran on after Snakemake was killed"
     assert not (run_dir / "model").exists()
     done = torch.load(run_dir / "checkpoint/state.pt", weights_only=False)["step"]
-    assert 1 <= done < 10
+    assert 1 <= done < 6
 
     with pytest.raises(AssertionError, match="LockException|locked"):
         run(killed, target.format(killed))
     run(killed, "--unlock")  # the README's recipe after a killed Snakemake
     run(killed, target.format(killed))  # rerun-incomplete comes from the workflow profile
     log = (killed / "smoke/logs/train_ebft/qa_code.log").read_text()
-    resumed = int(re.search(r"ebft: resuming from step (\d+) of 10", log)[1])
+    resumed = int(re.search(r"ebft: resuming from step (\d+) of 6", log)[1])
     assert resumed >= done
 
     def rows(root):
         table = pd.read_csv(root / "smoke/runs/ebft/qa_code/train_metrics.csv")
         return table.drop(columns=["rollout_tokens_per_s", "sample_s", "step_time_s"])
 
-    assert list(rows(killed)["step"]) == list(range(1, 11))
+    assert list(rows(killed)["step"]) == list(range(1, 7))
     pd.testing.assert_frame_equal(rows(killed), rows(straight))
     a = safetensors(straight / "smoke/runs/ebft/qa_code/adapter/adapter_model.safetensors")
     b = safetensors(run_dir / "adapter/adapter_model.safetensors")
