@@ -20,5 +20,6 @@ rule all:
         study_products(),
         L.metrics_csv,
         L.main_table,
+        L.latex_table,
         figures(),
     default_target: True

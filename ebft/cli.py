@@ -247,12 +247,13 @@ def cmd_report(args, job: Job | None):
         layout = Layout(str(Path(args.out).parent), Path(args.out).name) if args.out else job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
     table = Path(args.table or layout.main_table)
+    latex = table.with_suffix(".tex")
     figures_dir = Path(args.figures or layout.figures_dir)
-    for target in (csv_out, table, figures_dir):
+    for target in (csv_out, table, latex, figures_dir):
         if target is not None:
             check_destination(df, target)
-    figures = write_outputs(df, metrics_csv=csv_out, table=table, figures_dir=figures_dir)
-    print(f"report: {len(df)} metric rows → {table}; {len(figures)} figures")
+    figures = write_outputs(df, metrics_csv=csv_out, table=table, latex=latex, figures_dir=figures_dir)
+    print(f"report: {len(df)} metric rows → {table} and {latex.name}; {len(figures)} figures")
 
 
 def check_profile(spec: str) -> str:

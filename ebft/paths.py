@@ -61,6 +61,11 @@ class Layout:
     def main_table(self) -> Path:
         return self.root / "tables" / "main.md"
 
+    @property
+    def latex_table(self) -> Path:
+        """The main table for LaTeX (booktabs)."""
+        return self.root / "tables" / "main.tex"
+
 
 def figure_name(metric: str) -> str:
     """File name of a metric's figure: val_ce.png, fm_loss.png, pass_at_1.png, …"""

@@ -34,32 +34,49 @@ class Metric:
     kind: str  # the evaluation that produces it: ce, fm, code or translation
     figure: bool = True  # whether the report draws it (val_ce_answer is in the table only: its bars repeat val_ce's)
     table: bool = True  # whether the main table shows it (a translation direction's score is in metrics.csv only)
+    short: str = ""  # column header of the paper-form table
+    digits: int = 4  # decimals in the tables
 
 
 METRICS = {
-    "val_ce": Metric("val_ce", "Validation CE, all tokens (nats/token)", True, "ce"),
-    "val_ce_answer": Metric("val_ce_answer", "Validation CE, answer tokens (nats/token)", True, "ce", figure=False),
-    "fm_loss": Metric("fm_loss", "Held-out feature-matching loss", True, "fm"),
-    "bleu": Metric("bleu", "Translation BLEU (one sample at T = 0.6, macro over directions)", False, "translation"),
-    "chrf": Metric("chrf", "Translation chrF++ (one sample at T = 0.6, macro over directions)", False, "translation"),
-    "comet": Metric("comet", "Translation COMET-22 (one sample at T = 0.6)", False, "translation", figure=False),
+    "val_ce": Metric("val_ce", "Validation CE, all tokens (nats/token)", True, "ce", short="CE"),
+    "val_ce_answer": Metric("val_ce_answer", "Validation CE, answer tokens (nats/token)", True, "ce", figure=False,
+                            short="CE (answer)"),
+    "fm_loss": Metric("fm_loss", "Held-out feature-matching loss", True, "fm", short="FM loss"),
+    "bleu": Metric("bleu", "Translation BLEU (one sample at T = 0.6, macro over directions)", False, "translation",
+                   short="BLEU", digits=2),
+    "chrf": Metric("chrf", "Translation chrF++ (one sample at T = 0.6, macro over directions)", False, "translation",
+                   short="chrF++", digits=2),
+    "comet": Metric("comet", "Translation COMET-22 (one sample at T = 0.6)", False, "translation", figure=False,
+                    short="COMET"),
     "bleu_greedy": Metric("bleu_greedy", "Translation BLEU (greedy, macro over directions)", False, "translation",
-                          figure=False),
+                          figure=False, short="BLEU (greedy)", digits=2),
     "chrf_greedy": Metric("chrf_greedy", "Translation chrF++ (greedy, macro over directions)", False, "translation",
-                          figure=False),
-    "comet_greedy": Metric("comet_greedy", "Translation COMET-22 (greedy)", False, "translation", figure=False),
+                          figure=False, short="chrF++ (greedy)", digits=2),
+    "comet_greedy": Metric("comet_greedy", "Translation COMET-22 (greedy)", False, "translation", figure=False,
+                           short="COMET (greedy)"),
 }  # fmt: skip
+DOWNSTREAM_KINDS = ("code", "translation")  # the paper's downstream accuracy
 GROUP_NAMES = {"en-xx": "English into the other languages", "xx-en": "the other languages into English"}
 
 
 def metric(name: str) -> Metric:
     """The declaration of a metric; pass@k metrics are named by their k."""
     if name.startswith("pass@") and name[5:].isdigit():
-        return Metric(name, f"Code {name} (unbiased estimator, fraction of problems)", False, "code")
+        return Metric(name, f"Code {name} (unbiased estimator, fraction of problems)", False, "code", short=name)
     if name.endswith("]") and "[" in name and name.split("[", 1)[0] in METRICS:  # bleu[de-en], chrf_greedy[en-xx]
         base, group = name[:-1].split("[", 1)
         where = GROUP_NAMES.get(group, group.replace("-", " → "))
-        return Metric(name, f"{METRICS[base].label}, {where}", False, "translation", figure=False, table=False)
+        return Metric(
+            name,
+            f"{METRICS[base].label}, {where}",
+            False,
+            "translation",
+            figure=False,
+            table=False,
+            short=f"{METRICS[base].short} {group}",
+            digits=METRICS[base].digits,
+        )
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}, pass@<k>")
     return METRICS[name]
@@ -73,8 +90,11 @@ def metric_order(names) -> list[str]:
 
 
 def table_metrics(names) -> list[str]:
-    """The metrics of the main table, in order."""
-    return [m for m in metric_order(names) if metric(m).table]
+    """The metrics of the main table, in order: downstream accuracy first, then validation CE and the FM loss."""
+    shown = [m for m in metric_order(names) if metric(m).table]
+    return [m for m in shown if metric(m).kind in DOWNSTREAM_KINDS] + [
+        m for m in shown if metric(m).kind not in DOWNSTREAM_KINDS
+    ]
 
 
 def study_metrics(kinds, ks) -> list[str]:
@@ -86,5 +106,18 @@ def study_metrics(kinds, ks) -> list[str]:
 
 
 def figure_metrics(kinds, ks) -> list[str]:
-    """The metrics the report draws."""
+    """The metrics the report draws, one figure each."""
     return [m for m in study_metrics(kinds, ks) if metric(m).figure]
+
+
+SUMMARY_FIGURES = {
+    "tradeoff": "validation CE against downstream accuracy, a panel per task, a point per method",
+    "translation_directions": "translation chrF++ per direction, a bar per method",
+}
+
+
+def summary_figures(kinds) -> list[str]:
+    """The report's figures beyond one per metric, for a study with these evaluation kinds."""
+    kinds = set(kinds)
+    names = ["tradeoff"] if "ce" in kinds and kinds & set(DOWNSTREAM_KINDS) else []
+    return names + (["translation_directions"] if "translation" in kinds else [])

@@ -121,41 +121,82 @@ def _present(values, order):
     return [v for v in order if v in set(values)] + sorted(set(values) - set(order))
 
 
+def _cell(r, digits: int, low_high=("[", "]")) -> str:
+    if r.note:
+        return r.note
+    return f"{r.value:.{digits}f} {low_high[0]}{r.ci_low:.{digits}f}, {r.ci_high:.{digits}f}{low_high[1]}"
+
+
+def _task_rows(df: pd.DataFrame):
+    """Per task, in order: (task, its main-table metrics, its methods, {(method, metric): row})."""
+    shown = df[df["metric"].map(lambda m: metrics.metric(m).table)]
+    for task in _present(shown["task"], TASK_ORDER):
+        sub = shown[shown["task"] == task]
+        cells = {(r.method, r.metric): r for r in sub.itertuples()}
+        yield task, table_metrics(sub["metric"]), _present(sub["method"], METHOD_ORDER), cells
+
+
+def _header(name: str) -> str:
+    m = metrics.metric(name)
+    return f"{m.short or name} {'↓' if m.lower_is_better else '↑'}"
+
+
 def markdown_tables(df: pd.DataFrame) -> str:
-    """One table per metric: a row per task, a column per method, 'value [ci_low, ci_high]' in each cell."""
-    parts = []
-    for metric in table_metrics(df["metric"]):
-        label, lower = metric_info(metric)
-        sub = df[df["metric"] == metric]
-        methods = _present(sub["method"], METHOD_ORDER)
-        arrow = " (lower is better)" if lower else " (higher is better)"
-        lines = [f"### {label}{arrow}", "", "| task | " + " | ".join(methods) + " |",
-                 "|---|" + "---|" * len(methods)]  # fmt: skip
-        for task in _present(sub["task"], TASK_ORDER):
-            cells = []
-            for method in methods:
-                hit = sub[(sub["task"] == task) & (sub["method"] == method)]
-                if hit.empty:
-                    cells.append("–")
-                elif hit.iloc[0].note:
-                    cells.append(hit.iloc[0].note)
-                else:
-                    r = hit.iloc[0]
-                    cells.append(f"{r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]")
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    """The paper's form: one table per task, a row per method (base, SFT, RLVR, EBFT), a column per metric
+    (downstream accuracy, then validation CE and the feature-matching loss), 'value [ci_low, ci_high]' in each cell."""
+    parts, labels = [], {}
+    for task, names, methods, cells in _task_rows(df):
+        lines = [f"### {task}", "", "| method | " + " | ".join(_header(n) for n in names) + " |",
+                 "|---|" + "---|" * len(names)]  # fmt: skip
+        for method in methods:
+            row = [_cell(cells[method, n], metrics.metric(n).digits) if (method, n) in cells else "–" for n in names]
+            lines.append(f"| {method} | " + " | ".join(row) + " |")
         parts.append("\n".join(lines))
+        labels.update({n: metrics.metric(n) for n in names})
+    legend = "; ".join(f"{m.short or m.name}: {m.label}" for m in labels.values())
     hashes = ", ".join(sorted(set(df["git_sha"].astype(str)) - {""}))
-    footer = f"Values with 95 % bootstrap intervals. Profile: {', '.join(sorted(set(df['profile'])))}; git: {hashes}."
+    footer = (f"{legend}. ↓ lower is better, ↑ higher is better. Values with 95 % bootstrap intervals. "
+              f"Profile: {', '.join(sorted(set(df['profile'])))}; git: {hashes}.")  # fmt: skip
     return "\n\n".join(parts) + "\n\n" + footer + "\n"
+
+
+LATEX_METHODS = {"base": "Base", "sft": "SFT", "rlvr": "RLVR", "ebft": "EBFT"}
+
+
+def _latex(text: str) -> str:
+    return text.replace("_", r"\_").replace("%", r"\%").replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
+
+
+def latex_table(df: pd.DataFrame) -> str:
+    """The paper-form table for LaTeX (booktabs): one block per task, a row per method, intervals in small type."""
+    blocks = []
+    for task, names, methods, cells in _task_rows(df):
+        lines = [r"\begin{tabular}{l" + "c" * len(names) + "}", r"\toprule",
+                 rf"\multicolumn{{{len(names) + 1}}}{{l}}{{\textbf{{{_latex(task)}}}}} \\",
+                 "Method & " + " & ".join(_latex(_header(n)) for n in names) + r" \\", r"\midrule"]  # fmt: skip
+        for method in methods:
+            row = []
+            for n in names:
+                if (method, n) not in cells:
+                    row.append("--")
+                    continue
+                r = cells[method, n]
+                small = (r"{\scriptsize [", "]}")
+                row.append(_latex(r.note) if r.note else _latex(_cell(r, metrics.metric(n).digits, small)))
+            lines.append(f"{LATEX_METHODS.get(method, _latex(method))} & " + " & ".join(row) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        blocks.append("\n".join(lines))
+    body = "\n\\par\\medskip\n".join(blocks)
+    return (
+        "% Written by `ebft report` from metrics.csv; needs \\usepackage{booktabs}.\n\\begin{table}[t]\n"
+        f"\\centering\\small\n{body}\n\\caption{{Values with 95\\% bootstrap intervals. Profile: "
+        f"{_latex(', '.join(sorted(set(df['profile']))))}.}}\n\\end{{table}}\n"
+    )
 
 
 def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     """Grouped bars (task × method) of one metric with its 95 % intervals; rows with a note are labelled instead."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     everything = df[df["metric"] == metric]
     sub = everything[everything["value"].notna()]
     if sub.empty:
@@ -187,23 +228,105 @@ def plot_metric(df: pd.DataFrame, metric: str, path: Path) -> None:
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     partial = Path(path).with_name(Path(path).name + ".partial")
-    fig.savefig(partial, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)
     partial.replace(path)
 
 
-def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path) -> list[Path]:
-    """Write the CSV (unless regenerating from it), the markdown tables and one figure per metric; return figures."""
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tradeoff(df: pd.DataFrame, path: Path) -> None:
+    """The paper's headline trade-off: validation CE (x) against the task's first downstream metric (y), one panel
+    per task with one, one point per method with both intervals."""
+    plt = _pyplot()
+    panels = []
+    for task, names, methods, cells in _task_rows(df):
+        down = [n for n in names if metrics.metric(n).kind in metrics.DOWNSTREAM_KINDS]
+        if down and "val_ce" in names:
+            panels.append((task, down[0], methods, cells))
+    if not panels:
+        raise UserError("the results have no task with both validation CE and a downstream metric to plot.")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.4), squeeze=False)
+    for ax, (task, down, methods, cells) in zip(axes[0], panels, strict=True):
+        for method in methods:
+            ce, acc = cells.get((method, "val_ce")), cells.get((method, down))
+            if ce is None or acc is None or ce.note or acc.note:
+                continue
+            color = f"C{METHOD_ORDER.index(method) % 10}" if method in METHOD_ORDER else None
+            ax.errorbar(ce.value, acc.value, xerr=[[ce.value - ce.ci_low], [ce.ci_high - ce.value]],
+                        yerr=[[acc.value - acc.ci_low], [acc.ci_high - acc.value]], fmt="o", capsize=3,
+                        color=color, label=method)  # fmt: skip
+        ax.set_title(task)
+        ax.set_xlabel("validation CE (nats/token) ←")
+        ax.set_ylabel(f"{metrics.metric(down).short} →")
+        ax.spines[["top", "right"]].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 0.9 / fig.get_size_inches()[0], 1))
+    _save(fig, path)
+
+
+def plot_directions(df: pd.DataFrame, path: Path) -> None:
+    """Translation chrF++ per direction (one sample at T = 0.6), a bar per method with its interval."""
+    plt = _pyplot()
+    rows = df[
+        df["metric"].str.match(r"^chrf\[[a-zA-Z_]+-[a-zA-Z_]+\]$") & ~df["metric"].isin(["chrf[en-xx]", "chrf[xx-en]"])
+    ]
+    rows = rows[rows["value"].notna()]
+    if rows.empty:
+        raise UserError("the results have no per-direction translation scores to plot; run eval_translation first.")
+    directions = sorted(set(rows["metric"].str.slice(5, -1)))
+    methods = _present(rows["method"], METHOD_ORDER)
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2.4 + 1.1 * len(directions) * max(1, len(methods) / 3), 3.4))
+    for j, method in enumerate(methods):
+        sub = rows[rows["method"] == method].set_index("metric")
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i, d in enumerate(directions) if f"chrf[{d}]" in sub.index]
+        hit = [sub.loc[f"chrf[{d}]"] for d in directions if f"chrf[{d}]" in sub.index]
+        ax.bar(xs, [h.value for h in hit], width, yerr=[[h.value - h.ci_low for h in hit],
+               [h.ci_high - h.value for h in hit]], capsize=2, label=method,
+               color=f"C{METHOD_ORDER.index(method) % 10}" if method in METHOD_ORDER else None)  # fmt: skip
+    ax.set_xticks(range(len(directions)), [d.replace("-", "→") for d in directions])
+    ax.set_ylabel("chrF++ (one sample, T = 0.6)")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path,
+                  latex: Path | None = None) -> list[Path]:  # fmt: skip
+    """Write the CSV (unless regenerating from it), the markdown table (and its LaTeX twin, by default beside it as
+    main.tex), one figure per drawn metric and the summary figures; return the figures."""
     from ebft.paths import figure_name
 
     if metrics_csv is not None:
         atomic_write(Path(metrics_csv), df.to_csv(index=False))
     atomic_write(Path(table), markdown_tables(df))
+    atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(df))
     written = []
     for name in metric_order(df["metric"]):
         if metrics.metric(name).figure:
             plot_metric(df, name, Path(figures_dir) / figure_name(name))
             written.append(Path(figures_dir) / figure_name(name))
+    kinds = {metrics.metric(m).kind for m in df["metric"]}
+    for name in metrics.summary_figures(kinds):
+        draw = {"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name]
+        draw(df, Path(figures_dir) / f"{name}.png")
+        written.append(Path(figures_dir) / f"{name}.png")
     return written

@@ -27,9 +27,9 @@ def test_collect_builds_the_tidy_table_in_a_fixed_order(tmp_path):
         ("translation", "sft"),
     ]
     table = markdown_tables(df)
-    assert "| task | base | sft |" in table
-    assert "| qa_code | 1.8000 [1.7000, 1.9000] | 1.5000 [1.4000, 1.6000] |" in table
-    assert "| translation | – | 2.0000 [1.9000, 2.1000] |" in table
+    assert "### qa_code\n\n| method | CE ↓ |" in table  # the paper's form: a table per task, a row per method
+    assert "| base | 1.8000 [1.7000, 1.9000] |\n| sft | 1.5000 [1.4000, 1.6000] |" in table
+    assert "### translation\n\n| method | CE ↓ |\n|---|---|\n| sft | 2.0000 [1.9000, 2.1000] |" in table
 
 
 def test_table_and_figure_regenerate_from_the_csv_alone(tmp_path, cli_env):
@@ -63,11 +63,13 @@ def test_pass_at_k_and_no_verifier_rows_survive_the_csv_round_trip(tmp_path):
     files = [eval_record(tmp_path / f"{i}.json", t, m, v, k) for i, (t, m, v, k) in enumerate(specs)]
     df = collect(files, "cpu", no_verifier=["unstructured_code"])
     table = markdown_tables(df)
-    assert "### Code pass@1" in table and "### Code pass@4" in table
-    assert table.index("pass@1") < table.index("pass@4")
-    assert "| unstructured_code | 0.0500 [-0.0500, 0.1500] | n/a (no verifier) |" in table
+    assert "| method | pass@1 ↑ | pass@4 ↑ |" in table
+    assert (
+        "### unstructured_code\n\n| method | pass@1 ↑ | pass@4 ↑ |\n|---|---|---|\n| base | 0.0500 [-0.0500, "
+        "0.1500] | 0.1000 [0.0000, 0.2000] |\n| rlvr | n/a (no verifier) | n/a (no verifier) |" in table
+    )
     figures = write_outputs(df, metrics_csv=tmp_path / "m.csv", table=tmp_path / "t.md", figures_dir=tmp_path / "f")
-    assert [f.name for f in figures] == ["pass_at_1.png", "pass_at_4.png"]
+    assert [f.name for f in figures] == ["pass_at_1.png", "pass_at_4.png"]  # no CE: no trade-off figure
     again = read_metrics(tmp_path / "m.csv")
     assert markdown_tables(again) == table
 
@@ -82,6 +84,26 @@ def test_redrawing_from_a_csv_writes_beside_it_without_a_profile(tmp_path, cli_e
     proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--from-csv", str(folder / "metrics.csv")],
                           capture_output=True, text=True, env=cli_env, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "| qa_code |" in (folder / "tables/main.md").read_text()
+    assert "### qa_code" in (folder / "tables/main.md").read_text()
     assert (folder / "figures/val_ce.png").is_file()
     assert not (tmp_path / "results").exists()
+
+
+def test_the_paper_form_in_latex_and_the_trade_off_and_direction_figures(tmp_path):
+    specs = [("qa_code", m, "val_ce", v) for m, v in [("base", 1.9), ("sft", 1.8), ("ebft", 1.85)]]
+    specs += [("qa_code", m, "pass@1", v) for m, v in [("base", 0.04), ("sft", 0.05), ("ebft", 0.06)]]
+    specs += [("translation", m, k, v) for m in ("base", "sft") for k, v in [("val_ce", 2.1), ("bleu", 12.5),
+              ("chrf[de-en]", 40.0), ("chrf[en-de]", 35.0), ("chrf[en-xx]", 35.0)]]  # fmt: skip
+    files = [eval_record(tmp_path / f"{i}.json", t, m, v, k) for i, (t, m, k, v) in enumerate(specs)]
+    df = collect(files, "cpu")
+    figures = write_outputs(df, metrics_csv=None, table=tmp_path / "t/main.md", figures_dir=tmp_path / "f")
+    assert [f.name for f in figures] == ["val_ce.png", "bleu.png", "pass_at_1.png", "tradeoff.png",
+                                         "translation_directions.png"]  # fmt: skip
+    assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    tex = (tmp_path / "t/main.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 2 and r"\usepackage{booktabs}" in tex
+    assert r"Method & pass@1 $\uparrow$ & CE $\downarrow$ \\" in tex
+    assert r"EBFT & 0.0600 {\scriptsize [-0.0400, 0.1600]} & 1.8500 {\scriptsize [1.7500, 1.9500]} \\" in tex
+    assert r"\multicolumn{3}{l}{\textbf{translation}}" in tex and "BLEU $\\uparrow$" in tex
+    table = (tmp_path / "t/main.md").read_text()
+    assert "| method | BLEU ↑ | CE ↓ |" in table and "de-en" not in table  # directions: metrics.csv and figure

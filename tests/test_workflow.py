@@ -113,10 +113,11 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     } | {("unstructured_code", m) for m in ("base", "sft", "ebft")}
     assert ((code.ci_low <= code.value) & (code.value <= code.ci_high)).all()
     table = (root / "tables/main.md").read_text()
-    assert "| translation |" in table and "n/a (no verifier)" in table
+    assert "### translation" in table and "| rlvr | n/a (no verifier) |" in table
     assert "Translation chrF++ (one sample at T = 0.6, macro over directions)" in table
     assert "[de-en]" not in table  # the directions are in metrics.csv, not in the main table
-    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2", "bleu", "chrf"):
+    assert (root / "tables/main.tex").read_text().count(r"\begin{tabular}") == 3
+    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2", "bleu", "chrf", "tradeoff", "translation_directions"):
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # max_problems × n
@@ -265,8 +266,9 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
 
 def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_report():
     """Regression: a figure without workflow/report/<caption>.rst makes `snakemake --report` fail."""
-    from evals.metrics import figure_metrics
+    from evals.metrics import figure_metrics, summary_figures
 
-    for metric in figure_metrics({"ce", "fm", "code", "translation"}, [1, 2, 4]):
+    kinds = {"ce", "fm", "code", "translation"}
+    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds):
         stem = "pass_at_k" if metric.startswith("pass@") else metric
         assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric

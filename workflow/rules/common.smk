@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ebft.errors import ConfigError
 from ebft.resolve import load_study
-from evals.metrics import figure_metrics
+from evals.metrics import figure_metrics, summary_figures
 
 try:
     STUDY = load_study(config)
@@ -76,7 +76,7 @@ def eval_records():
 def figures():
     """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
     kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
-    return [L.figure(m) for m in figure_metrics(kinds, STUDY.profile.eval.code.ks)]
+    return [L.figure(m) for m in figure_metrics(kinds, STUDY.profile.eval.code.ks) + summary_figures(kinds)]
 
 
 def study_products():
@@ -88,4 +88,4 @@ def study_products():
         products += [L.checkpoint(m, task) for m in STUDY.trained(task)]
         for kind in [k for k in ("code", "translation") if k in STUDY.eval_kinds(task)]:
             products += [L.samples_file(task, m, kind) for m in STUDY.evaluated(task)]
-    return products + eval_records()
+    return products + eval_records()  # the report's files are asked for by `all` itself

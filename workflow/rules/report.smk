@@ -8,6 +8,7 @@ rule report:
     output:
         csv=L.metrics_csv,
         table=L.main_table,
+        latex=L.latex_table,
         figures=[
             report(path, caption=f"../report/{caption(path)}.rst", category="Metrics", labels={"figure": path.stem})
             for path in figures()
