@@ -64,9 +64,8 @@ def clean(raw: str, tgt_lang: str) -> str:
 
 
 def first_line_done(completion: str) -> bool:
-    """Stop decoding once a non-empty line is complete."""
-    text = completion.lstrip("\n")
-    return "\n" in text
+    """Stop decoding once a non-empty line is complete (blank lines before it do not count)."""
+    return any(line.strip() for line in completion.split("\n")[:-1])
 
 
 def sacrebleu_metric(score: str, tgt_lang: str):

@@ -22,6 +22,7 @@ from evals.translation import (
     comet_scores,
     corpus_scores,
     evaluate_translation,
+    first_line_done,
     select_pairs,
 )
 
@@ -33,6 +34,11 @@ REFS = {
     "en-de": ["Die Katze saß auf der Matte.", "Hallo, Welt!", "Dies ist ein Test.", "Guten Morgen."],
     "de-en": ["The cat sat on the mat.", "Hello, world!", "This is a test.", "Good morning."],
 }
+
+
+def test_decoding_stops_after_the_first_non_empty_line():
+    assert not first_line_done(" Guten") and not first_line_done(" \n") and not first_line_done("\n \nGuten")
+    assert first_line_done(" Guten Tag\n") and first_line_done("\n Guten Tag\nEnglish")
 
 
 def test_cleaning_keeps_the_first_line_without_a_repeated_label():
