@@ -272,6 +272,22 @@ def check_profile(spec: str) -> str:
     return f"{spec}: profile {study.profile.profile!r}, {len(study.tasks)} tasks, {len(jobs)} jobs; no problem found."
 
 
+def export_lm_eval(args) -> str:
+    """`ebft export-lm-eval`: lm-eval task files over one task's held-out records."""
+    from ebft.data import read_records
+    from evals.lm_eval_export import export_tasks
+
+    study = read_study(args.config)
+    study.task(args.task)  # refuses a task the profile does not have
+    data_dir = Path(args.data_dir or study.layout.data_dir(args.task))
+    files = export_tasks(study.profile.profile, args.task, read_records(data_dir / "heldout.jsonl"), Path(args.out))
+    names = ",".join(f.stem for f in files)
+    return (
+        f"wrote {len(files)} lm-eval tasks to {args.out}; run: lm_eval --model hf --model_args pretrained=<model "
+        f"folder> --include_path {args.out} --tasks {names}"
+    )
+
+
 def _require_checkpoint(model_dir: Path, method: str, task: str) -> None:
     """Name the training job that has not run, instead of the loader's 'not a prepared model folder'."""
     if not (Path(model_dir) / "config.json").is_file():
@@ -351,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
     sp.set_defaults(func=None)
 
+    sp = sub.add_parser("export-lm-eval", help="Write lm-eval task files over a task's held-out records (offline).",
+                        description="Write lm-eval task YAMLs over a local JSON Lines copy of a task's held-out "
+                                    "records, for `lm_eval --include_path OUT`.")  # fmt: skip
+    sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
+    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
+    sp.add_argument("--out", required=True, help="folder for the task files (an lm-eval --include_path)")
+    sp.set_defaults(func=None)
+
     sp = sub.add_parser("schema", help="Print the profile's JSON schema (workflow/schemas/config.schema.yaml), "
                                        "generated from the typed settings.")  # fmt: skip
     sp.set_defaults(func=None)
@@ -373,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(schema_text())
         return 0
-    if args.command == "check":
+    if args.command in ("check", "export-lm-eval"):
         try:
-            print(check_profile(args.config))
+            print(check_profile(args.config) if args.command == "check" else export_lm_eval(args))
         except UserError as e:
             print(f"ebft: error: {e}", file=sys.stderr)
             return 2
