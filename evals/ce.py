@@ -51,5 +51,5 @@ def evaluate_ce(model_dir: Path, records: list[dict], chunk_length: int, cfg: CE
             continue  # e.g. no answer tokens in these chunks
         low, high = bootstrap_ratio_ci(nll.numpy(), count.numpy(), resamples=cfg.bootstrap, seed=seed)
         rows.append({"metric": metric, "value": float(nll.sum()) / total, "n": total, "units": len(chunks),
-                     "ci_low": low, "ci_high": high})  # fmt: skip
+                     "ci_low": low, "ci_high": high, "unit_num": nll.tolist(), "unit_den": count.tolist()})  # fmt: skip
     return rows

@@ -277,6 +277,9 @@ def pass_rows(samples: list[dict], ks: Sequence[int], *, bootstrap: int, seed: i
                 "units": len(values),
                 "ci_low": low,
                 "ci_high": high,
+                "unit_ids": list(per_problem),
+                "unit_num": values.tolist(),
+                "unit_den": [1.0] * len(values),
             }
         )
     return rows

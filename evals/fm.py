@@ -62,4 +62,4 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
         return []
     low, high = bootstrap_ratio_ci(sums, counts, resamples=cfg.bootstrap, seed=seed)
     return [{"metric": "fm_loss", "value": sum(sums) / total, "n": int(total), "units": len(sums),
-             "ci_low": low, "ci_high": high}]  # fmt: skip
+             "ci_low": low, "ci_high": high, "unit_num": sums, "unit_den": counts}]  # fmt: skip

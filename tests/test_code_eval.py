@@ -99,6 +99,8 @@ def test_pass_rows_average_the_unbiased_estimator_over_problems():
     assert rows["pass@1"]["value"] == pytest.approx(0.125) and rows["pass@1"]["n"] == 2
     assert rows["pass@4"]["value"] == pytest.approx(0.5)
     assert rows["pass@4"]["ci_low"] <= 0.5 <= rows["pass@4"]["ci_high"]
+    assert rows["pass@1"]["unit_ids"] == ["a", "b"] and rows["pass@1"]["unit_num"] == [0.25, 0.0]  # per problem
+    assert rows["pass@4"]["unit_num"] == [1.0, 0.0] and rows["pass@4"]["unit_den"] == [1.0, 1.0]
 
 
 def test_humaneval_canonical_solutions_score_one_and_empty_bodies_zero():
