@@ -21,5 +21,6 @@ rule all:
         L.metrics_csv,
         L.main_table,
         L.latex_table,
+        L.claims_table,
         figures(),
     default_target: True

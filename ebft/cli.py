@@ -228,6 +228,7 @@ def cmd_report(args, job: Job | None):
     """Collect records into metrics.csv, tables and figures; or, with --from-csv, redraw tables and figures from a
     metrics.csv alone (no profile needed: they go beside the CSV, or under --out, unless --table/--figures say
     otherwise). Refuses to run with nothing to collect and to write into the results of another profile."""
+    from evals.claims import collect_units, read_units
     from evals.report import check_destination, collect, read_metrics, write_outputs
 
     if args.from_csv:
@@ -235,8 +236,9 @@ def cmd_report(args, job: Job | None):
             raise UserError("pass evaluation records or --from-csv, not both; the CSV already holds the records.")
         csv = Path(args.from_csv)
         df = read_metrics(csv)
+        units = read_units(csv.with_name("units.csv")) if csv.with_name("units.csv").is_file() else None
         root = Path(args.out) if args.out else csv.parent
-        layout, csv_out = Layout(str(root.parent), root.name), None
+        layout, csv_out, units_out = Layout(str(root.parent), root.name), None, None
     else:
         if not args.inputs:
             raise UserError(
@@ -244,15 +246,18 @@ def cmd_report(args, job: Job | None):
                 "(results/<profile>/eval/**/*.json) or --from-csv <metrics.csv> to redraw from a table."
             )
         df = collect([Path(p) for p in args.inputs], job.profile, job.no_verifier)
+        units = collect_units([Path(p) for p in args.inputs], job.profile)
         layout = Layout(str(Path(args.out).parent), Path(args.out).name) if args.out else job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
+        units_out = csv_out.with_name("units.csv")
     table = Path(args.table or layout.main_table)
-    latex = table.with_suffix(".tex")
+    latex, claims = table.with_suffix(".tex"), table.with_name("claims.md")
     figures_dir = Path(args.figures or layout.figures_dir)
-    for target in (csv_out, table, latex, figures_dir):
+    for target in (csv_out, units_out, table, latex, claims, figures_dir):
         if target is not None:
             check_destination(df, target)
-    figures = write_outputs(df, metrics_csv=csv_out, table=table, latex=latex, figures_dir=figures_dir)
+    figures = write_outputs(df, metrics_csv=csv_out, table=table, latex=latex, figures_dir=figures_dir,
+                            units=units, units_csv=units_out, claims_table=claims)  # fmt: skip
     print(f"report: {len(df)} metric rows → {table} and {latex.name}; {len(figures)} figures")
 
 

@@ -62,6 +62,16 @@ class Layout:
         return self.root / "tables" / "main.md"
 
     @property
+    def units_csv(self) -> Path:
+        """Per-unit values (chunks, problems) of every metric that has them: the paired comparisons' input."""
+        return self.root / "units.csv"
+
+    @property
+    def claims_table(self) -> Path:
+        """The paper's claims with their verdicts, and the paired differences to SFT and to base."""
+        return self.root / "tables" / "claims.md"
+
+    @property
     def latex_table(self) -> Path:
         """The main table for LaTeX (booktabs)."""
         return self.root / "tables" / "main.tex"

@@ -310,7 +310,8 @@ def plot_directions(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path,
-                  latex: Path | None = None) -> list[Path]:  # fmt: skip
+                  latex: Path | None = None, units: pd.DataFrame | None = None, units_csv: Path | None = None,
+                  claims_table: Path | None = None) -> list[Path]:  # fmt: skip
     """Write the CSV (unless regenerating from it), the markdown table (and its LaTeX twin, by default beside it as
     main.tex), one figure per drawn metric and the summary figures; return the figures."""
     from ebft.paths import figure_name
@@ -319,6 +320,13 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
         atomic_write(Path(metrics_csv), df.to_csv(index=False))
     atomic_write(Path(table), markdown_tables(df))
     atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(df))
+    if units is not None:
+        from evals.claims import claims, claims_markdown, differences
+
+        if units_csv is not None:
+            atomic_write(Path(units_csv), units.to_csv(index=False))
+        if claims_table is not None:
+            atomic_write(Path(claims_table), claims_markdown(claims(df, units), differences(units)))
     written = []
     for name in metric_order(df["metric"]):
         if metrics.metric(name).figure:

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -107,3 +108,70 @@ def test_the_paper_form_in_latex_and_the_trade_off_and_direction_figures(tmp_pat
     assert r"\multicolumn{3}{l}{\textbf{translation}}" in tex and "BLEU $\\uparrow$" in tex
     table = (tmp_path / "t/main.md").read_text()
     assert "| method | BLEU ↑ | CE ↓ |" in table and "de-en" not in table  # directions: metrics.csv and figure
+
+
+def unit_record(path, task, method, metric, num, den, ids=None):
+    value = sum(num) / sum(den)
+    row = {
+        "metric": metric,
+        "value": value,
+        "n": sum(den),
+        "units": len(num),
+        "ci_low": value - 0.1,
+        "ci_high": value + 0.1,
+        "unit_num": num,
+        "unit_den": den,
+        **({"unit_ids": ids} if ids else {}),
+    }
+    path.write_text(json.dumps({"task": task, "method": method, "config_hash": "h", "git_sha": "g",
+                                "metrics": [row]}))  # fmt: skip
+    return path
+
+
+def test_claims_are_paired_verdicts_and_rebuild_from_the_collected_files(tmp_path, cli_env):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    den = rng.integers(100, 256, size=40).tolist()
+    base = (np.array(den) * rng.uniform(1.5, 2.5, size=40)).tolist()
+    shifted = {"base": 0.0, "sft": -0.10, "ebft": -0.12, "rlvr": 0.01}  # nats/token on every chunk
+    ce = {m: (np.array(base) + shift * np.array(den)).tolist() for m, shift in shifted.items()}
+    passed = {"base": [0.0] * 30 + [1.0] * 10, "sft": [0.0] * 30 + [1.0] * 10, "ebft": [0.0] * 30 + [1.0] * 10,
+              "rlvr": [0.0] * 30 + [1.0] * 10}  # fmt: skip
+    files = []
+    for m in ce:
+        files.append(unit_record(tmp_path / f"ce_{m}.json", "qa_code", m, "val_ce", ce[m], den))
+        files.append(unit_record(tmp_path / f"code_{m}.json", "qa_code", m, "pass@1", passed[m], [1.0] * 40,
+                                 [f"HumanEval/{i}" for i in range(40)]))  # fmt: skip
+    out = tmp_path / "results/cpu"
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--config", "config/cpu.yaml",
+                           *map(str, files), "--metrics-csv", str(out / "metrics.csv"), "--table",
+                           str(out / "tables/main.md"), "--figures", str(out / "figures")],
+                          capture_output=True, text=True, env=cli_env, cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    claims = (out / "tables/claims.md").read_text()
+    assert "| qa_code | EBFT CE < SFT CE | supported | -0.0200 [-0.0200, -0.0200] |" in claims
+    assert "| qa_code | RLVR CE > base CE | supported | +0.0100 [+0.0100, +0.0100] |" in claims
+    assert "| qa_code | EBFT > SFT on pass@1 | inconclusive | +0.0000 [+0.0000, +0.0000] |" in claims
+    assert "| qa_code | EBFT ≈ RLVR on pass@1 | supported |" in claims
+    assert "| qa_code | val_ce | ebft − sft | -0.0200" in claims and "| qa_code | val_ce | sft − base |" in claims
+    units = pd.read_csv(out / "units.csv")
+    assert len(units) == 4 * 2 * 40 and set(units.metric) == {"val_ce", "pass@1"}
+    before = claims
+    (out / "tables/claims.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--from-csv", str(out / "metrics.csv")],
+                          capture_output=True, text=True, env=cli_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "tables/claims.md").read_text() == before
+
+
+def test_verdicts_at_the_edges():
+    from evals.claims import verdict_better, verdict_equal
+
+    assert verdict_better((-0.1, -0.2, -0.01), lower_is_better=True) == "supported"
+    assert verdict_better((0.1, 0.01, 0.2), lower_is_better=True) == "contradicted"
+    assert verdict_better((0.0, -0.1, 0.1), lower_is_better=False) == "inconclusive"
+    assert verdict_better(None, lower_is_better=False) == "not measured"
+    assert verdict_equal((0.0, -0.01, 0.015), "pass@1") == "supported"  # within ±0.02
+    assert verdict_equal((0.1, 0.05, 0.15), "pass@1") == "contradicted"  # wholly beyond the margin
+    assert verdict_equal((0.02, -0.01, 0.05), "pass@1") == "inconclusive"

@@ -7,6 +7,8 @@ rule report:
         eval_records(),
     output:
         csv=L.metrics_csv,
+        units=L.units_csv,
+        claims=L.claims_table,
         table=L.main_table,
         latex=L.latex_table,
         figures=[

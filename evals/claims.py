@@ -1,0 +1,147 @@
+"""The paper's claims as paired comparisons: per task and metric, each method's difference to SFT and to the base
+model on the same units (chunks, problems), with a paired bootstrap interval, and a verdict per claim.
+
+The per-unit values come from the evaluation records (``unit_num``/``unit_den``) and are collected into
+``units.csv`` beside ``metrics.csv``, so these tables rebuild from the collected files alone.
+
+Verdicts at 95 %: a claim "A better than B" is *supported* when the paired interval of A − B lies wholly on A's
+better side, *contradicted* when it lies wholly on the other side, *inconclusive* otherwise. "A ≈ B" is supported when
+the interval lies within ± the metric's equivalence margin (:data:`MARGINS`), contradicted when it lies wholly beyond
+the margin, inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from evals import metrics
+from evals.stats import paired_ratio_diff_ci
+
+UNIT_COLUMNS = ["profile", "task", "method", "metric", "unit", "num", "den"]
+REFERENCES = ("sft", "base")
+MARGINS = {"pass@": 0.02, "bleu": 1.0, "chrf": 1.0, "val_ce": 0.01, "fm_loss": 0.01}  # "≈" within ± this
+
+
+def margin(metric: str) -> float | None:
+    return next((v for k, v in MARGINS.items() if metric.startswith(k)), None)
+
+
+def collect_units(eval_files: list[Path], profile: str) -> pd.DataFrame:
+    """One row per (task, method, metric, unit) from the records that keep per-unit values."""
+    rows = []
+    for path in eval_files:
+        rec = json.loads(Path(path).read_text())
+        for m in rec["metrics"]:
+            if "unit_num" not in m:
+                continue
+            ids = m.get("unit_ids") or list(range(len(m["unit_num"])))
+            rows += [{"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
+                      "unit": str(u), "num": n, "den": d}
+                     for u, n, d in zip(ids, m["unit_num"], m["unit_den"], strict=True)]  # fmt: skip
+    return pd.DataFrame(rows, columns=UNIT_COLUMNS)
+
+
+def read_units(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"profile": str, "task": str, "method": str, "metric": str, "unit": str})
+
+
+def differences(units: pd.DataFrame, *, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paired differences method − reference (SFT, base) per task and metric, on the units both were scored on."""
+    out = []
+    for (task, metric), sub in units.groupby(["task", "metric"], sort=False):
+        methods = list(dict.fromkeys(sub["method"]))
+        for ref in (r for r in REFERENCES if r in methods):
+            for method in (m for m in methods if m != ref):
+                d = paired(units, task, metric, method, ref, resamples=resamples, seed=seed)
+                if d is not None:
+                    out.append({"task": task, "metric": metric, "method": method, "reference": ref, "diff": d[0],
+                                "ci_low": d[1], "ci_high": d[2],
+                                "units": int((sub.method == method).sum())})  # fmt: skip
+    return pd.DataFrame(out, columns=["task", "metric", "method", "reference", "diff", "ci_low", "ci_high", "units"])
+
+
+def paired(units: pd.DataFrame, task: str, metric: str, a: str, b: str, *, resamples: int = 1000, seed: int = 0):
+    """(difference, low, high) of method a − method b on their shared units; None when either lacks them."""
+    sub = units[(units.task == task) & (units.metric == metric)]
+    ga, gb = sub[sub.method == a].set_index("unit"), sub[sub.method == b].set_index("unit")
+    if ga.empty or gb.empty or list(ga.index) != list(gb.index):
+        return None
+    return paired_ratio_diff_ci(ga["num"], ga["den"], gb["num"], gb["den"], resamples=resamples, seed=seed)
+
+
+def verdict_better(d, lower_is_better: bool) -> str:
+    if d is None:
+        return "not measured"
+    diff, low, high = d
+    good, bad = (high < 0, low > 0) if lower_is_better else (low > 0, high < 0)
+    return "supported" if good else "contradicted" if bad else "inconclusive"
+
+
+def verdict_equal(d, metric: str) -> str:
+    if d is None:
+        return "not measured"
+    _, low, high = d
+    m = margin(metric)
+    if m is None:  # no margin declared: the interval can only show a difference
+        return "contradicted" if low > 0 or high < 0 else "inconclusive"
+    if -m <= low and high <= m:
+        return "supported"
+    return "contradicted" if low > m or high < -m else "inconclusive"
+
+
+def claims(metrics_df: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claims, per task: the verdict and the paired difference it rests on."""
+    rows = []
+    lower_ce = metrics.metric("val_ce").lower_is_better
+    for task in dict.fromkeys(metrics_df["task"]):
+        names = set(metrics_df[metrics_df.task == task]["metric"])
+        down = [m for m in metrics.table_metrics(names) if metrics.metric(m).kind in metrics.DOWNSTREAM_KINDS]
+        down = [m for m in down if not units[(units.task == task) & (units.metric == m)].empty]
+        checks = []
+        if down:
+            d = down[0]
+            lower = metrics.metric(d).lower_is_better
+            e_s = paired(units, task, d, "ebft", "sft")
+            checks.append((f"EBFT > SFT on {d}", e_s, verdict_better(e_s, lower)))
+            e_r = paired(units, task, d, "ebft", "rlvr")
+            checks.append((f"EBFT ≈ RLVR on {d}", e_r, verdict_equal(e_r, d)))
+        if "val_ce" in names:
+            for claim, a, b, lower in (("EBFT CE < SFT CE", "ebft", "sft", lower_ce),
+                                       ("EBFT CE < RLVR CE", "ebft", "rlvr", lower_ce),
+                                       ("RLVR CE > base CE", "rlvr", "base", not lower_ce)):  # fmt: skip
+                d = paired(units, task, "val_ce", a, b)
+                checks.append((claim, d, verdict_better(d, lower)))
+        for claim, d, verdict in checks:
+            rows.append({"task": task, "claim": claim, "verdict": verdict,
+                         "diff": None if d is None else d[0], "ci_low": None if d is None else d[1],
+                         "ci_high": None if d is None else d[2]})  # fmt: skip
+    return pd.DataFrame(rows, columns=["task", "claim", "verdict", "diff", "ci_low", "ci_high"])
+
+
+def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame) -> str:
+    """tables/claims.md: the claims with their verdicts, then every paired difference to SFT and to base."""
+    if table.empty:
+        return (
+            "No per-unit values were collected (units.csv), so no paired comparison was made; rerun the "
+            "evaluations with this version to get them.\n"
+        )
+    lines = ["### The paper's claims (paired bootstrap, 95 %)", "", "| task | claim | verdict | difference [95 % CI] |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in table.itertuples():
+        cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+        lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} |")
+    lines += ["", "### Paired differences to SFT and to base", "", "| task | metric | method − reference | "
+              "difference [95 % CI] | units |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in diffs.itertuples():
+        lines.append(f"| {r.task} | {r.metric} | {r.method} − {r.reference} | {r.diff:+.4f} [{r.ci_low:+.4f}, "
+                     f"{r.ci_high:+.4f}] | {r.units} |")  # fmt: skip
+    margins = ", ".join(f"{k}{'k' if k.endswith('@') else ''} ±{v:g}" for k, v in MARGINS.items())
+    lines += [
+        "",
+        f"A claim is supported when its paired interval lies on its side of zero (for ≈: within the margin: "
+        f"{margins}), contradicted when it lies on the other side, inconclusive otherwise.",
+    ]
+    return "\n".join(lines) + "\n"
