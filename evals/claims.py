@@ -20,7 +20,8 @@ import pandas as pd
 from evals import metrics
 from evals.stats import paired_ratio_diff_ci
 
-UNIT_COLUMNS = ["profile", "task", "method", "metric", "unit", "num", "den"]
+UNIT_COLUMNS = ["profile", "task", "method", "metric", "unit", "num", "den", "stats"]
+CORPUS_SCORES = ("bleu", "chrf")  # corpus-level: compared on re-summed sentence statistics, not ratios
 REFERENCES = ("sft", "base")
 MARGINS = {"pass@": 0.02, "bleu": 1.0, "chrf": 1.0, "val_ce": 0.01, "fm_loss": 0.01}  # "≈" within ± this
 
@@ -35,17 +36,23 @@ def collect_units(eval_files: list[Path], profile: str) -> pd.DataFrame:
     for path in eval_files:
         rec = json.loads(Path(path).read_text())
         for m in rec["metrics"]:
+            if "unit_stats" in m:  # translation: one unit per sentence, its sacreBLEU statistics
+                rows += [{"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
+                          "unit": f"{d}:{i}", "num": None, "den": None, "stats": json.dumps(st)}
+                         for d, sentences in m["unit_stats"].items() for i, st in enumerate(sentences)]  # fmt: skip
+                continue
             if "unit_num" not in m:
                 continue
             ids = m.get("unit_ids") or list(range(len(m["unit_num"])))
             rows += [{"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
-                      "unit": str(u), "num": n, "den": d}
+                      "unit": str(u), "num": n, "den": d, "stats": None}
                      for u, n, d in zip(ids, m["unit_num"], m["unit_den"], strict=True)]  # fmt: skip
     return pd.DataFrame(rows, columns=UNIT_COLUMNS)
 
 
 def read_units(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"profile": str, "task": str, "method": str, "metric": str, "unit": str})
+    return pd.read_csv(path, dtype={"profile": str, "task": str, "method": str, "metric": str, "unit": str,
+                                    "stats": str})  # fmt: skip
 
 
 def differences(units: pd.DataFrame, *, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -69,7 +76,19 @@ def paired(units: pd.DataFrame, task: str, metric: str, a: str, b: str, *, resam
     ga, gb = sub[sub.method == a].set_index("unit"), sub[sub.method == b].set_index("unit")
     if ga.empty or gb.empty or list(ga.index) != list(gb.index):
         return None
+    if metric.split("_")[0].split("[")[0] in CORPUS_SCORES:
+        from evals.translation import paired_macro_diff
+
+        return paired_macro_diff(metric.split("_")[0].split("[")[0], _by_direction(ga), _by_direction(gb),
+                                 resamples=resamples, seed=seed)  # fmt: skip
     return paired_ratio_diff_ci(ga["num"], ga["den"], gb["num"], gb["den"], resamples=resamples, seed=seed)
+
+
+def _by_direction(g: pd.DataFrame) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for unit, stats in g["stats"].items():
+        out.setdefault(unit.rsplit(":", 1)[0], []).append(json.loads(stats))
+    return out
 
 
 def verdict_better(d, lower_is_better: bool) -> str:

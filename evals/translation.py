@@ -118,8 +118,40 @@ def corpus_scores(score: str, by_direction: dict[str, tuple[list[str], list[str]
         low, high = np.percentile(dist, [2.5, 97.5])
         out[group] = {"value": mean, "ci_low": float(low), "ci_high": float(high),
                       "n": sum(len(stats[d]) for d in members), "directions": members,
-                      "signature": metrics[members[0]].get_signature().format()}  # fmt: skip
+                      "signature": metrics[members[0]].get_signature().format(),
+                      "stats": {d: stats[d].tolist() for d in members}}  # fmt: skip
     return out
+
+
+def macro_from_stats(score: str, stats: dict[str, np.ndarray]) -> float:
+    """The macro-average over directions of the corpus score, from per-sentence sacreBLEU statistics."""
+    return float(np.mean([sacrebleu_metric(score, d.split("-", 1)[1])._compute_score_from_stats(
+        np.asarray(s).sum(axis=0).tolist()).score for d, s in stats.items()]))  # fmt: skip
+
+
+def paired_macro_diff(score: str, a: dict[str, list], b: dict[str, list], *, resamples: int = 1000,
+                      seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """A − B of a macro-averaged corpus score (BLEU, chrF++) on the same sentences, with a paired bootstrap: each
+    resample draws one set of sentences per direction and scores both systems on it. Returns (difference, low, high)."""
+    if a.keys() != b.keys() or any(len(a[d]) != len(b[d]) for d in a):
+        raise ValueError("a paired comparison needs the same directions and sentences for both systems")
+    sa = {d: np.asarray(v, dtype=float) for d, v in a.items()}
+    sb = {d: np.asarray(v, dtype=float) for d, v in b.items()}
+    metrics = {d: sacrebleu_metric(score, d.split("-", 1)[1]) for d in sa}
+
+    def macro(stats, picks):
+        return np.mean([metrics[d]._compute_score_from_stats(stats[d][picks[d]].sum(axis=0).tolist()).score
+                        for d in stats])  # fmt: skip
+
+    everything = {d: np.arange(len(s)) for d, s in sa.items()}
+    diff = float(macro(sa, everything) - macro(sb, everything))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(resamples)
+    for r in range(resamples):
+        picks = {d: rng.integers(0, len(s), len(s)) for d, s in sa.items()}
+        boots[r] = macro(sa, picks) - macro(sb, picks)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return diff, float(low), float(high)
 
 
 def comet_scores(model: str | None, sources, hyps, refs, *, batch_size: int) -> tuple[list[float] | None, str]:
@@ -188,7 +220,8 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
             for group, r in corpus_scores(score, by_direction, resamples=cfg.bootstrap, seed=seed).items():
                 metric = f"{score}{suffix}" if group == "all" else f"{score}{suffix}[{group}]"
                 rows.append({"metric": metric, "value": r["value"], "n": r["n"], "units": r["n"],
-                             "ci_low": r["ci_low"], "ci_high": r["ci_high"], "signature": r["signature"]})  # fmt: skip
+                             "ci_low": r["ci_low"], "ci_high": r["ci_high"], "signature": r["signature"],
+                             **({"unit_stats": r["stats"]} if group == "all" else {})})  # fmt: skip
         comet, why = comet_scores(cfg.comet_model, [b["source"] for b in batch], [b["hypothesis"] for b in batch],
                                   [b["reference"] for b in batch], batch_size=cfg.batch_size)  # fmt: skip
         if comet is None:

@@ -138,3 +138,22 @@ def test_the_smoke_model_is_scored_end_to_end(tiny_model_dir, tmp_path):
     again, _ = evaluate_translation(tiny_model_dir, heldout, "chat", cfg, precision="fp32", seed=1,
                                     samples_out=tmp_path / "again.jsonl")  # fmt: skip
     assert json.dumps(again) == json.dumps(rows)  # deterministic, sampled decoding included
+
+
+def test_paired_corpus_differences_resample_the_same_sentences_for_both_systems():
+    from evals.translation import macro_from_stats, paired_macro_diff
+
+    refs = {d: REFS[d] * 5 for d in REFS}
+    good = {d: (HYPS[d] * 5, refs[d]) for d in HYPS}
+    worse = {d: ([h.split(" ")[0] for h in HYPS[d]] * 5, refs[d]) for d in HYPS}  # first word only
+    a = corpus_scores("chrf", good, resamples=10, seed=0)["all"]["stats"]
+    b = corpus_scores("chrf", worse, resamples=10, seed=0)["all"]["stats"]
+    diff, low, high = paired_macro_diff("chrf", a, b, resamples=300, seed=1)
+    assert diff == pytest.approx(macro_from_stats("chrf", a) - macro_from_stats("chrf", b))
+    assert diff == pytest.approx(corpus_scores("chrf", good, resamples=10, seed=0)["all"]["value"]
+                                 - corpus_scores("chrf", worse, resamples=10, seed=0)["all"]["value"])  # fmt: skip
+    assert 0 < low <= diff <= high
+    same = corpus_scores("bleu", good, resamples=10, seed=0)["all"]["stats"]
+    assert paired_macro_diff("bleu", same, same, resamples=50, seed=1) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same directions and sentences"):
+        paired_macro_diff("chrf", a, {"en-de": a["en-de"]}, resamples=5)

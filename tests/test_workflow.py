@@ -117,6 +117,12 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     assert "Translation chrF++ (one sample at T = 0.6, macro over directions)" in table
     assert "[de-en]" not in table  # the directions are in metrics.csv, not in the main table
     assert (root / "tables/main.tex").read_text().count(r"\begin{tabular}") == 3
+    claims = (root / "tables/claims.md").read_text()  # paired verdicts from units.csv
+    for line in ("| qa_code | EBFT > SFT on pass@1 |", "| translation | EBFT > SFT on bleu |",
+                 "| translation | RLVR CE > base CE |", "| unstructured_code | EBFT CE < SFT CE |"):  # fmt: skip
+        assert line in claims, line
+    units = pd.read_csv(root / "units.csv")
+    assert {"val_ce", "fm_loss", "pass@1", "bleu", "chrf_greedy"} <= set(units.metric)
     for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2", "bleu", "chrf", "tradeoff", "translation_directions"):
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
