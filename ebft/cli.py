@@ -229,6 +229,7 @@ def cmd_report(args, job: Job | None):
     metrics.csv alone (no profile needed: they go beside the CSV, or under --out, unless --table/--figures say
     otherwise). Refuses to run with nothing to collect and to write into the results of another profile."""
     from evals.claims import collect_units, read_units
+    from evals.curves import collect_curves, read_curves
     from evals.report import check_destination, collect, read_metrics, write_outputs
 
     if args.from_csv:
@@ -237,8 +238,9 @@ def cmd_report(args, job: Job | None):
         csv = Path(args.from_csv)
         df = read_metrics(csv)
         units = read_units(csv.with_name("units.csv")) if csv.with_name("units.csv").is_file() else None
+        curves = read_curves(csv.with_name("curves.csv")) if csv.with_name("curves.csv").is_file() else None
         root = Path(args.out) if args.out else csv.parent
-        layout, csv_out, units_out = Layout(str(root.parent), root.name), None, None
+        layout, csv_out, units_out, curves_out = Layout(str(root.parent), root.name), None, None, None
     else:
         if not args.inputs:
             raise UserError(
@@ -247,17 +249,20 @@ def cmd_report(args, job: Job | None):
             )
         df = collect([Path(p) for p in args.inputs], job.profile, job.no_verifier)
         units = collect_units([Path(p) for p in args.inputs], job.profile)
+        curves = collect_curves(args.train_metrics) if args.train_metrics is not None else None
         layout = Layout(str(Path(args.out).parent), Path(args.out).name) if args.out else job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
         units_out = csv_out.with_name("units.csv")
+        curves_out = csv_out.with_name("curves.csv") if curves is not None else None
     table = Path(args.table or layout.main_table)
     latex, claims = table.with_suffix(".tex"), table.with_name("claims.md")
     figures_dir = Path(args.figures or layout.figures_dir)
-    for target in (csv_out, units_out, table, latex, claims, figures_dir):
+    for target in (csv_out, units_out, curves_out, table, latex, claims, figures_dir):
         if target is not None:
             check_destination(df, target)
     figures = write_outputs(df, metrics_csv=csv_out, table=table, latex=latex, figures_dir=figures_dir,
-                            units=units, units_csv=units_out, claims_table=claims)  # fmt: skip
+                            units=units, units_csv=units_out, claims_table=claims, curves=curves,
+                            curves_csv=curves_out)  # fmt: skip
     print(f"report: {len(df)} metric rows → {table} and {latex.name}; {len(figures)} figures")
 
 
@@ -359,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-csv", help="redraw the tables and figures from an existing metrics.csv alone (beside it)")
     sp.add_argument("--out", help="folder for metrics.csv, tables/ and figures/ (default: the profile's results, or "
                                   "beside the --from-csv file)")  # fmt: skip
+    sp.add_argument("--train-metrics", nargs="*", help="training runs' train_metrics.csv files, for curves.csv and "
+                                                       "figures/training_curves.png")  # fmt: skip
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")

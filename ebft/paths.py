@@ -67,6 +67,11 @@ class Layout:
         return self.root / "units.csv"
 
     @property
+    def curves_csv(self) -> Path:
+        """Every training run's per-step metrics, tidy: the training-curve figure's input."""
+        return self.root / "curves.csv"
+
+    @property
     def claims_table(self) -> Path:
         """The paper's claims with their verdicts, and the paired differences to SFT and to base."""
         return self.root / "tables" / "claims.md"

@@ -311,7 +311,8 @@ def plot_directions(df: pd.DataFrame, path: Path) -> None:
 
 def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path,
                   latex: Path | None = None, units: pd.DataFrame | None = None, units_csv: Path | None = None,
-                  claims_table: Path | None = None) -> list[Path]:  # fmt: skip
+                  claims_table: Path | None = None, curves: pd.DataFrame | None = None,
+                  curves_csv: Path | None = None) -> list[Path]:  # fmt: skip
     """Write the CSV (unless regenerating from it), the markdown table (and its LaTeX twin, by default beside it as
     main.tex), one figure per drawn metric and the summary figures; return the figures."""
     from ebft.paths import figure_name
@@ -337,4 +338,12 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
         draw = {"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name]
         draw(df, Path(figures_dir) / f"{name}.png")
         written.append(Path(figures_dir) / f"{name}.png")
+    if curves is not None:
+        from evals.curves import plot_curves
+
+        if curves_csv is not None:
+            atomic_write(Path(curves_csv), curves.to_csv(index=False))
+        if not curves.empty:
+            plot_curves(curves, Path(figures_dir) / "training_curves.png")
+            written.append(Path(figures_dir) / "training_curves.png")
     return written

@@ -175,3 +175,47 @@ def test_verdicts_at_the_edges():
     assert verdict_equal((0.0, -0.01, 0.015), "pass@1") == "supported"  # within ±0.02
     assert verdict_equal((0.1, 0.05, 0.15), "pass@1") == "contradicted"  # wholly beyond the margin
     assert verdict_equal((0.02, -0.01, 0.05), "pass@1") == "inconclusive"
+
+
+def test_training_curves_are_collected_and_redrawn_from_curves_csv(tmp_path, cli_env):
+    runs = tmp_path / "runs"
+    (runs / "ebft/qa_code").mkdir(parents=True)
+    (runs / "sft/qa_code").mkdir(parents=True)
+    (runs / "rlvr/qa_code").mkdir(parents=True)
+    pd.DataFrame({"step": [1, 2, 3], "reward": [0.1, 0.2, 0.3], "alignment": [0.5, 0.6, 0.7],
+                  "diversity": [0.1, 0.1, 0.1], "ce": [2.0, 1.9, 1.8], "lr": [0, 1e-4, 1e-4]}).to_csv(
+        runs / "ebft/qa_code/train_metrics.csv", index=False)  # fmt: skip
+    pd.DataFrame({"step": [1, 2], "loss": [2.1, 1.7]}).to_csv(runs / "sft/qa_code/train_metrics.csv", index=False)
+    pd.DataFrame({"step": [1, 2], "loss": [0.1, 0.2], "reward": [0.12, 0.24]}).to_csv(
+        runs / "rlvr/qa_code/train_metrics.csv", index=False)  # fmt: skip
+    record = eval_record(tmp_path / "ce.json", "qa_code", "base", 1.9)
+    out = tmp_path / "results/cpu"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ebft.cli",
+        "report",
+        "--config",
+        "config/cpu.yaml",
+        str(record),
+        "--train-metrics",
+        *(str(p) for p in sorted(runs.glob("*/qa_code/train_metrics.csv"))),
+        "--metrics-csv",
+        str(out / "metrics.csv"),
+        "--table",
+        str(out / "tables/main.md"),
+        "--figures",
+        str(out / "figures"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    curves = pd.read_csv(out / "curves.csv")
+    assert len(curves) == 3 * 4 + 2 + 2  # EBFT's four series, SFT's loss, RLVR's reward (not its loss)
+    assert set(curves[curves.method == "rlvr"].series) == {"reward"}
+    figure = out / "figures/training_curves.png"
+    first = figure.read_bytes()
+    figure.unlink()
+    proc = subprocess.run([sys.executable, "-m", "ebft.cli", "report", "--from-csv", str(out / "metrics.csv")],
+                          capture_output=True, text=True, env=cli_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert figure.read_bytes() == first  # from curves.csv alone

@@ -123,7 +123,18 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
         assert line in claims, line
     units = pd.read_csv(root / "units.csv")
     assert {"val_ce", "fm_loss", "pass@1", "bleu", "chrf_greedy"} <= set(units.metric)
-    for figure in ("val_ce", "fm_loss", "pass_at_1", "pass_at_2", "bleu", "chrf", "tradeoff", "translation_directions"):
+    assert set(pd.read_csv(root / "curves.csv").method) == {"sft", "ebft", "rlvr"}
+    for figure in (
+        "val_ce",
+        "fm_loss",
+        "pass_at_1",
+        "pass_at_2",
+        "bleu",
+        "chrf",
+        "tradeoff",
+        "translation_directions",
+        "training_curves",
+    ):
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # max_problems × n
@@ -275,6 +286,6 @@ def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_repo
     from evals.metrics import figure_metrics, summary_figures
 
     kinds = {"ce", "fm", "code", "translation"}
-    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds):
+    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds) + ["training_curves"]:
         stem = "pass_at_k" if metric.startswith("pass@") else metric
         assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric

@@ -73,10 +73,16 @@ def eval_records():
     return [L.eval_file(kind, task, m) for task in TASKS for kind in STUDY.eval_kinds(task) for m in STUDY.evaluated(task)]
 
 
+def train_metrics_files():
+    """Every training run's per-step metrics: the report draws the training curves from them."""
+    return [L.run_dir(m, task) / "train_metrics.csv" for task in TASKS for m in STUDY.trained(task)]
+
+
 def figures():
     """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
     kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
-    return [L.figure(m) for m in figure_metrics(kinds, STUDY.profile.eval.code.ks) + summary_figures(kinds)]
+    names = figure_metrics(kinds, STUDY.profile.eval.code.ks) + summary_figures(kinds)
+    return [L.figure(m) for m in names + (["training_curves"] if train_metrics_files() else [])]
 
 
 def study_products():

@@ -4,9 +4,11 @@ def caption(figure):
 
 rule report:
     input:
-        eval_records(),
+        records=eval_records(),
+        train=train_metrics_files(),
     output:
         csv=L.metrics_csv,
+        curves=L.curves_csv,
         units=L.units_csv,
         claims=L.claims_table,
         table=L.main_table,
@@ -21,5 +23,5 @@ rule report:
     log:
         L.log("report"),
     shell:
-        "exec {EBFT} report --job {params.job:q} {input} --metrics-csv {output.csv} --table {output.table} "
-        "--figures {params.figures} --stop-with-parent > {log} 2>&1"
+        "exec {EBFT} report --job {params.job:q} {input.records} --train-metrics {input.train} "
+        "--metrics-csv {output.csv} --table {output.table} --figures {params.figures} --stop-with-parent > {log} 2>&1"
