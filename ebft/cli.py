@@ -410,16 +410,12 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(schema_text())
         return 0
-    if args.command in ("check", "export-lm-eval"):
-        try:
-            print(check_profile(args.config) if args.command == "check" else export_lm_eval(args))
-        except UserError as e:
-            print(f"ebft: error: {e}", file=sys.stderr)
-            return 2
-        return 0
     if getattr(args, "stop_with_parent", False):
         stop_with_parent()
     try:
+        if args.command in ("check", "export-lm-eval"):  # they read a profile, not one of its jobs
+            print(check_profile(args.config) if args.command == "check" else export_lm_eval(args))
+            return 0
         redraw = args.command == "report" and args.from_csv and not args.job  # from a metrics.csv alone
         job = None if redraw else resolve_job(args)
         from ebft.models import set_offline

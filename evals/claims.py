@@ -76,11 +76,12 @@ def paired(units: pd.DataFrame, task: str, metric: str, a: str, b: str, *, resam
     ga, gb = sub[sub.method == a].set_index("unit"), sub[sub.method == b].set_index("unit")
     if ga.empty or gb.empty or list(ga.index) != list(gb.index):
         return None
-    if metric.split("_")[0].split("[")[0] in CORPUS_SCORES:
+    score = metric.split("[")[0].removesuffix("_greedy")  # bleu, chrf_greedy[de-en] → bleu, chrf
+    if score in CORPUS_SCORES:
         from evals.translation import paired_macro_diff
 
-        return paired_macro_diff(metric.split("_")[0].split("[")[0], _by_direction(ga), _by_direction(gb),
-                                 resamples=resamples, seed=seed)  # fmt: skip
+        return paired_macro_diff(score, _by_direction(ga), _by_direction(gb), resamples=resamples,
+                                 seed=seed)  # fmt: skip
     return paired_ratio_diff_ci(ga["num"], ga["den"], gb["num"], gb["den"], resamples=resamples, seed=seed)
 
 

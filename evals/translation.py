@@ -205,16 +205,19 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
         timings[f"{name}_generation_s"] = round(time.time() - started, 2)
         by_direction: dict[str, tuple[list[str], list[str]]] = {}
         batch = []
+        sentence_chrf = {}  # one sacreBLEU scorer per target language, not one per sentence
         for pair, (raw,) in zip(pairs, outputs, strict=True):
             meta = pair["meta"]
             hyp = clean(raw, meta["tgt_lang"])
             by_direction.setdefault(direction(pair), ([], []))
             by_direction[direction(pair)][0].append(hyp)
             by_direction[direction(pair)][1].append(meta["reference"])
+            if meta["tgt_lang"] not in sentence_chrf:
+                sentence_chrf[meta["tgt_lang"]] = sacrebleu_metric("chrf", meta["tgt_lang"])
+            chrf = sentence_chrf[meta["tgt_lang"]]
             batch.append({"id": pair["id"], "decoding": name, "direction": direction(pair), "source": meta["source"],
                           "reference": meta["reference"], "raw": raw, "hypothesis": hyp,
-                          "chrf": sacrebleu_metric("chrf", meta["tgt_lang"]).sentence_score(
-                              hyp, [meta["reference"]]).score})  # fmt: skip
+                          "chrf": chrf.sentence_score(hyp, [meta["reference"]]).score})  # fmt: skip
         suffix = "" if name == "sampled" else "_greedy"
         for score in SCORES:
             for group, r in corpus_scores(score, by_direction, resamples=cfg.bootstrap, seed=seed).items():
