@@ -190,6 +190,8 @@ def cmd_eval(args, job: Job):
                             f"explicitly.")  # fmt: skip
     started = time.time()
     extra = {}
+    if job.same_as:
+        return _copy_base_code(job, args, data_dir, out)
     if job.kind == "code":
         from evals.code import evaluate_code, load_problems
 
@@ -298,6 +300,33 @@ def export_lm_eval(args) -> str:
     )
 
 
+def _copy_base_code(job: Job, args, data_dir: Path, out: Path) -> None:
+    """Base pass@k on problems another task's base record already scored (``job.same_as``): that record and its samples,
+    relabelled for this task, once its settings and problems are checked to be this task's."""
+    from evals.code import load_problems
+
+    layout = job.layout
+    owner, owner_hash = job.same_as.split(":", 1)
+    source = Path(args.same_as or layout.eval_file("code", owner, "base"))
+    if not source.is_file():
+        raise UserError(f"{job.task}'s base pass@k is {owner}'s (the same problems and model), and {source} does not "
+                        f"exist yet; evaluate {owner}'s base model first ('ebft eval --kind code --task {owner} "
+                        f"--method base', or the workflow's eval_code rule).")  # fmt: skip
+    record = json.loads(source.read_text())
+    if record.get("config_hash") != owner_hash:
+        raise UserError(f"{source} was computed under settings {record.get('config_hash')}, but the profile now gives "
+                        f"{owner_hash}; rerun {owner}'s base code evaluation first.")  # fmt: skip
+    ids = [p["id"] for p in load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)]
+    if any(row.get("unit_ids") != ids for row in record["metrics"]):
+        raise UserError(f"{source} scored other problems than {job.task}'s code evaluation holds; delete it and rerun "
+                        f"{owner}'s base code evaluation.")  # fmt: skip
+    samples = Path(args.samples or layout.samples_file(job.task, job.method))
+    atomic_write(samples, source.with_name("base.samples.jsonl").read_text())  # written beside it (Layout)
+    record.update(task=job.task, config_hash=job.hash, samples_file=str(samples), same_as=job.same_as)
+    atomic_write(out, json.dumps(record, indent=2))
+    print(f"code {job.task}/base: {owner}'s record (the same problems and model), not recomputed")
+
+
 def _require_checkpoint(model_dir: Path, method: str, task: str) -> None:
     """Name the training job that has not run, instead of the loader's 'not a prepared model folder'."""
     if not (Path(model_dir) / "config.json").is_file():
@@ -358,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
     sp.add_argument("--samples", help="code, translation: per-sample JSONL (default …/eval/<kind>/<task>/<method>"
                                       ".samples.jsonl)")  # fmt: skip
+    sp.add_argument("--same-as", help="code, base model: the record of the task whose problems this task shares "
+                                      "(default …/eval/code/<that task>/base.json)")  # fmt: skip
 
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")

@@ -104,6 +104,7 @@ class Job:
     translation: TranslationEvalConfig | None = None
     start: str | None = None  # training from: 'base', or 'sft:<hash of the SFT job>'
     trained: str | None = None  # evaluation of a checkpoint: the hash of the job that trained it
+    same_as: str | None = None  # base pass@k already computed for another task's same problems: '<task>:<hash>'
     methods: list[str] | None = None  # report: the trained methods
     no_verifier: list[str] | None = None  # report: tasks without an RLVR reward (their RLVR cells read n/a)
 
@@ -256,7 +257,37 @@ class Study:
         if spec.code_eval == "none":
             raise UserError(f"{spec.name} has no code evaluation (tasks.{spec.name}.code_eval is 'none'); set it to "
                             f"heldout or human_eval.")  # fmt: skip
-        return Job(**job, code=ev.code, code_eval=spec.code_eval, prompt_format=spec.model.prompt_format)
+        code = Job(**job, code=ev.code, code_eval=spec.code_eval, prompt_format=spec.model.prompt_format)
+        owner = self.base_code_owner(spec.name) if method == "base" else spec.name
+        if owner != spec.name:
+            code.same_as = f"{owner}:{self.job('eval', task=owner, method='base', kind='code').hash}"
+        return code
+
+    def code_problem_set(self, task: str) -> dict:
+        """What decides a task's pass@k problems, known before any data exist: tasks with equal sets score the same
+        problems in the same order (HumanEval's held-out split is the same for every task under one seed)."""
+        spec, cfg = self.task(task), self.profile.eval.code
+        if spec.code_eval == "none":
+            return {}
+        if spec.code_eval == "human_eval":
+            problems = {"human_eval": cfg.human_eval_heldout}  # None: all 164
+        elif spec.source.kind == "human_eval":
+            problems = {"human_eval": spec.source.heldout}
+        else:
+            problems = {"heldout": plain(spec.source)}
+        return {**problems, "seed": self.profile.seed, "max_problems": cfg.max_problems}
+
+    def base_code_owner(self, task: str) -> str:
+        """The task whose base-model pass@k this task's is: the first task (in profile order) with the same problems,
+        model, prompt format and precision. The base model is evaluated once per problem set; the others copy."""
+
+        def key(name: str) -> tuple:
+            spec = self.task(name)
+            return (config_hash(self.code_problem_set(name)), plain(spec.model.origin), spec.model.prompt_format)
+
+        if self.task(task).code_eval == "none":
+            return task
+        return next(t for t in self.tasks if self.tasks[t].code_eval != "none" and key(t) == key(task))
 
 
 def load_study(raw: dict) -> Study:

@@ -61,6 +61,37 @@ def test_a_missing_checkpoint_names_the_training_rule_that_has_not_run(capsys, t
     assert "the workflow's train_sft rule" in line and "prepare-model" not in line
 
 
+def test_a_shared_base_code_evaluation_copies_only_a_matching_record(capsys, tmp_path, monkeypatch):
+    """unstructured_code's base pass@k is qa_code's record (the same HumanEval problems): copied and relabelled when
+    its settings hash and problems match; refused in one sentence when the record is missing, stale or of other
+    problems."""
+    from ebft.data import human_eval_split
+    from ebft.resolve import read_study
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval", "--config", SMOKE, "--kind", "code", "--task", "unstructured_code", "--method", "base"]
+    assert "evaluate qa_code's base model first" in refused(capsys, argv)
+    study = read_study(SMOKE)
+    owner = study.layout.eval_file("code", "qa_code", "base")
+    owner.parent.mkdir(parents=True)
+    ids = [r["id"] for r in human_eval_split(HumanEvalSource(heldout=64), study.profile.seed)[1]][:4]  # max_problems
+    row = {"metric": "pass@1", "value": 0.25, "unit_ids": ids, "unit_num": [1.0, 0, 0, 0], "unit_den": [1.0] * 4}
+    record = {"profile": "smoke", "task": "qa_code", "method": "base", "metrics": [row],
+              "config_hash": study.job("eval", task="qa_code", method="base", kind="code").hash}  # fmt: skip
+    owner.with_name("base.samples.jsonl").write_text('{"problem": "HumanEval/0"}\n')
+    for stale, sentence in ((dict(config_hash="0" * 12), "rerun qa_code's base code evaluation first"),
+                            (dict(metrics=[{**row, "unit_ids": ids[::-1]}]), "scored other problems")):  # fmt: skip
+        owner.write_text(json.dumps({**record, **stale}))
+        assert sentence in refused(capsys, argv)
+    owner.write_text(json.dumps(record))
+    assert main(argv) == 0
+    copied = json.loads(study.layout.eval_file("code", "unstructured_code", "base").read_text())
+    job = study.job("eval", task="unstructured_code", method="base", kind="code")
+    assert copied["metrics"] == [row] and copied["task"] == "unstructured_code" and copied["config_hash"] == job.hash
+    assert copied["same_as"] == job.same_as
+    assert study.layout.samples_file("unstructured_code", "base").read_text() == '{"problem": "HumanEval/0"}\n'
+
+
 def test_a_yaml_syntax_error_names_the_file_line_and_column(capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("profile: x\nseed: [1, 2\nmethods: [sft]\n")

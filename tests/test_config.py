@@ -218,6 +218,25 @@ def test_a_per_task_sft_init_starts_from_that_tasks_sft_job():
     assert study.job("train", task="qa_code", method="ebft").start == "base"
 
 
+def test_the_base_model_is_evaluated_once_per_problem_set():
+    """qa_code's held-out split and unstructured_code's HumanEval problems are the same 64 problems: the second task's
+    base pass@k copies the first's record. Trained methods, and a task with other problems, compute their own."""
+    raw = profile("cpu")
+    study = load_study(raw)
+    owner = study.job("eval", task="qa_code", method="base", kind="code")
+    assert owner.same_as is None
+    assert study.job("eval", task="unstructured_code", method="base", kind="code").same_as == f"qa_code:{owner.hash}"
+    assert study.job("eval", task="unstructured_code", method="sft", kind="code").same_as is None
+    assert study.job("eval", task="unstructured_code", method="base", kind="ce").same_as is None
+    for change in ({"human_eval_heldout": None}, {"human_eval_heldout": 32}):  # all 164, or another split
+        other = copy.deepcopy(raw)
+        other["eval"]["code"].update(change)
+        assert load_study(other).job("eval", task="unstructured_code", method="base", kind="code").same_as is None
+    other = copy.deepcopy(raw)
+    other["seed"] = 7  # both splits follow the seed: still one problem set
+    assert load_study(other).base_code_owner("unstructured_code") == "qa_code"
+
+
 # --------------------------------------------------------------------------------------------------
 # The command line and the workflow
 # --------------------------------------------------------------------------------------------------

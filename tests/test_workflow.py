@@ -33,7 +33,7 @@ def job_stats(output: str) -> dict[str, int]:
 
 @pytest.mark.parametrize(
     "profile,models,translation",
-    [("cpu", 1, 0), ("smoke", 1, 4), ("paper", 2, 0)],
+    [("cpu", 1, 4), ("smoke", 1, 4), ("paper", 2, 0)],
 )
 def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, translation):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
@@ -136,6 +136,9 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
         "training_curves",
     ):
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
+    shared = json.loads((root / "eval/code/unstructured_code/base.json").read_text())  # the base model scored once
+    assert shared["same_as"].startswith("qa_code:") and shared["metrics"] == json.loads(
+        (root / "eval/code/qa_code/base.json").read_text())["metrics"]  # fmt: skip
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # max_problems × n
     translations = (root / "eval/translation/translation/ebft.samples.jsonl").read_text().splitlines()

@@ -63,6 +63,15 @@ def eval_model(wildcards):
     return L.checkpoint(wildcards.method, wildcards.task)
 
 
+def base_code_source(wildcards):
+    """The base model is evaluated once per problem set: a task whose problems another task's base record already
+    scored copies that record (and waits for it); otherwise nothing."""
+    if wildcards.method != "base":
+        return []
+    owner = STUDY.base_code_owner(wildcards.task)
+    return [] if owner == wildcards.task else [L.eval_file("code", owner, "base"), L.samples_file(owner, "base")]
+
+
 def all_cores(wildcards):
     """Model jobs take every core Snakemake was given (--cores); they run one after another on a small machine."""
     return workflow.cores
