@@ -12,7 +12,7 @@ include: "workflow/rules/common.smk"  # schema validation, layout, per-rule conf
 include: "workflow/rules/prepare.smk"  # prepare_model, prepare_data
 include: "workflow/rules/train.smk"  # train_sft, train_ebft, train_rlvr
 include: "workflow/rules/eval.smk"  # eval_ce, eval_fm, eval_code
-include: "workflow/rules/report.smk"  # report
+include: "workflow/rules/report.smk"  # collect, tables, figure_<name> (one job per figure)
 
 
 rule all:

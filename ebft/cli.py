@@ -264,8 +264,11 @@ def cmd_report(args, job: Job | None):
             check_destination(df, target)
     figures = write_outputs(df, metrics_csv=csv_out, table=table, latex=latex, figures_dir=figures_dir,
                             units=units, units_csv=units_out, claims_table=claims, curves=curves,
-                            curves_csv=curves_out)  # fmt: skip
-    print(f"report: {len(df)} metric rows → {table} and {latex.name}; {len(figures)} figures")
+                            curves_csv=curves_out, only=args.outputs)  # fmt: skip
+    wanted = set(args.outputs or ("csv", "tables"))
+    wrote = ([f"{csv_out} (with units.csv, curves.csv)"] if csv_out is not None and "csv" in wanted else []) + (
+        [f"{table} and {latex.name}"] if "tables" in wanted else [])  # fmt: skip
+    print(f"report: {len(df)} metric rows → {', '.join(wrote) or 'no table'}; {len(figures)} figures")
 
 
 def check_profile(spec: str) -> str:
@@ -400,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")
+    sp.add_argument("--outputs", nargs="+", metavar="OUTPUT",
+                    help="write only these: csv (metrics, units and curves CSVs), tables (main.md, main.tex, "
+                         "claims.md), or figure names such as val_ce (default: all)")  # fmt: skip
 
     sp = sub.add_parser(
         "check",

@@ -9,6 +9,8 @@ Regenerate tables and figures from that file alone with ``ebft report --from-csv
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -309,41 +311,52 @@ def plot_directions(df: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def figure_drawers(df: pd.DataFrame, curves: pd.DataFrame | None = None) -> dict[str, Callable[[Path], None]]:
+    """Every figure these results give, by file stem: one per drawn metric, the summary figures and, with curves,
+    the training curves. Each draws from the collected tables alone."""
+    from ebft.paths import figure_name
+
+    drawers = {}
+    for name in metric_order(df["metric"]):
+        if metrics.metric(name).figure:
+            drawers[figure_name(name).removesuffix(".png")] = partial(plot_metric, df, name)
+    kinds = {metrics.metric(m).kind for m in df["metric"]}
+    for name in metrics.summary_figures(kinds):
+        drawers[name] = partial({"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name], df)
+    if curves is not None and not curves.empty:
+        from evals.curves import plot_curves
+
+        drawers["training_curves"] = partial(plot_curves, curves)
+    return drawers
+
+
 def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, figures_dir: Path,
                   latex: Path | None = None, units: pd.DataFrame | None = None, units_csv: Path | None = None,
                   claims_table: Path | None = None, curves: pd.DataFrame | None = None,
-                  curves_csv: Path | None = None) -> list[Path]:  # fmt: skip
-    """Write the CSV (unless regenerating from it), the markdown table (and its LaTeX twin, by default beside it as
-    main.tex), one figure per drawn metric and the summary figures; return the figures."""
-    from ebft.paths import figure_name
+                  curves_csv: Path | None = None, only: Sequence[str] | None = None) -> list[Path]:  # fmt: skip
+    """Write the CSVs (unless regenerating from them), the markdown table (and its LaTeX twin, by default beside it as
+    main.tex) with the claims table, and every figure; return the figures. ``only`` selects: 'csv', 'tables' and
+    figure names (the workflow builds each in its own job, so one deleted figure rebuilds alone)."""
+    drawers = figure_drawers(df, curves)
+    wanted = set(only) if only is not None else {"csv", "tables", *drawers}
+    unknown = wanted - {"csv", "tables", *drawers}
+    if unknown:
+        raise UserError(f"these results have no output {', '.join(sorted(unknown))}; choose from csv, tables, "
+                        f"{', '.join(drawers)}.")  # fmt: skip
+    if "csv" in wanted:
+        for path, frame in ((metrics_csv, df), (units_csv, units), (curves_csv, curves)):
+            if path is not None and frame is not None:
+                atomic_write(Path(path), frame.to_csv(index=False))
+    if "tables" in wanted:
+        atomic_write(Path(table), markdown_tables(df))
+        atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(df))
+        if units is not None and claims_table is not None:
+            from evals.claims import claims, claims_markdown, differences
 
-    if metrics_csv is not None:
-        atomic_write(Path(metrics_csv), df.to_csv(index=False))
-    atomic_write(Path(table), markdown_tables(df))
-    atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(df))
-    if units is not None:
-        from evals.claims import claims, claims_markdown, differences
-
-        if units_csv is not None:
-            atomic_write(Path(units_csv), units.to_csv(index=False))
-        if claims_table is not None:
             atomic_write(Path(claims_table), claims_markdown(claims(df, units), differences(units)))
     written = []
-    for name in metric_order(df["metric"]):
-        if metrics.metric(name).figure:
-            plot_metric(df, name, Path(figures_dir) / figure_name(name))
-            written.append(Path(figures_dir) / figure_name(name))
-    kinds = {metrics.metric(m).kind for m in df["metric"]}
-    for name in metrics.summary_figures(kinds):
-        draw = {"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name]
-        draw(df, Path(figures_dir) / f"{name}.png")
-        written.append(Path(figures_dir) / f"{name}.png")
-    if curves is not None:
-        from evals.curves import plot_curves
-
-        if curves_csv is not None:
-            atomic_write(Path(curves_csv), curves.to_csv(index=False))
-        if not curves.empty:
-            plot_curves(curves, Path(figures_dir) / "training_curves.png")
-            written.append(Path(figures_dir) / "training_curves.png")
+    for name, draw in drawers.items():
+        if name in wanted:
+            draw(Path(figures_dir) / f"{name}.png")
+            written.append(Path(figures_dir) / f"{name}.png")
     return written

@@ -90,6 +90,22 @@ def test_redrawing_from_a_csv_writes_beside_it_without_a_profile(tmp_path, cli_e
     assert not (tmp_path / "results").exists()
 
 
+def test_outputs_selects_what_is_written_so_each_figure_rebuilds_alone(tmp_path):
+    """The workflow draws each figure in its own job: `only` writes exactly the outputs it names, and refuses a name
+    these results have no output for, listing the ones they have."""
+    files = [eval_record(tmp_path / f"{m}.json", "qa_code", m, v) for m, v in [("base", 1.8), ("sft", 1.5)]]
+    files += [eval_record(tmp_path / f"{m}_fm.json", "qa_code", m, v, "fm_loss") for m, v in [("base", -0.5)]]
+    df = collect(files, "cpu")
+    out = {"metrics_csv": tmp_path / "r/metrics.csv", "table": tmp_path / "r/tables/main.md",
+           "figures_dir": tmp_path / "r/figures"}  # fmt: skip
+    assert write_outputs(df, **out, only=["fm_loss"]) == [tmp_path / "r/figures/fm_loss.png"]
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*") if p.is_file()) == ["fm_loss.png"]
+    assert write_outputs(df, **out, only=["tables"]) == []
+    assert (tmp_path / "r/tables/main.tex").is_file() and not (tmp_path / "r/metrics.csv").exists()
+    with pytest.raises(UserError, match="no output pass_at_1; choose from csv, tables, val_ce, fm_loss"):
+        write_outputs(df, **out, only=["pass_at_1"])
+
+
 def test_the_paper_form_in_latex_and_the_trade_off_and_direction_figures(tmp_path):
     specs = [("qa_code", m, "val_ce", v) for m, v in [("base", 1.9), ("sft", 1.8), ("ebft", 1.85)]]
     specs += [("qa_code", m, "pass@1", v) for m, v in [("base", 0.04), ("sft", 0.05), ("ebft", 0.06)]]

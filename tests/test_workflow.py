@@ -31,12 +31,20 @@ def job_stats(output: str) -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m[0] != "total"}
 
 
+FIGURES = ["val_ce", "fm_loss", "pass_at_1", "tradeoff", "training_curves"]
+TRANSLATION_FIGURES = ["bleu", "chrf", "translation_directions"]
+
+
 @pytest.mark.parametrize(
-    "profile,models,translation",
-    [("cpu", 1, 4), ("smoke", 1, 4), ("paper", 2, 0)],
-)
-def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, translation):
+    "profile,models,translation,figures",
+    [("cpu", 1, 4, [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES]),
+     ("smoke", 1, 4, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES]),
+     ("paper", 2, 0, [*FIGURES, "pass_at_4"])],
+)  # fmt: skip
+def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, translation, figures):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
+    assert {rule for rule in stats if rule.startswith("figure_")} == {f"figure_{name}" for name in figures}
+    assert all(stats.pop(f"figure_{name}") == 1 for name in figures)  # one job per figure
     # RLVR on the two tasks with a verifier (qa_code, translation); pass@k on the two code tasks for every
     # checkpoint: base, sft, ebft on both, rlvr on qa_code only; BLEU/chrF++ for the four translation models where the
     # profile sets translation_eval
@@ -50,7 +58,8 @@ def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, tra
         "eval_fm": 11,
         "eval_code": 7,
         "eval_translation": translation,
-        "report": 1,
+        "collect": 1,
+        "tables": 1,
         "all": 1,
     }
     assert stats == {k: v for k, v in expected.items() if v}
@@ -124,17 +133,9 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     units = pd.read_csv(root / "units.csv")
     assert {"val_ce", "fm_loss", "pass@1", "bleu", "chrf_greedy"} <= set(units.metric)
     assert set(pd.read_csv(root / "curves.csv").method) == {"sft", "ebft", "rlvr"}
-    for figure in (
-        "val_ce",
-        "fm_loss",
-        "pass_at_1",
-        "pass_at_2",
-        "bleu",
-        "chrf",
-        "tradeoff",
-        "translation_directions",
-        "training_curves",
-    ):
+    figures = [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES]
+    assert sorted(p.stem for p in (root / "figures").iterdir()) == sorted(figures)
+    for figure in figures:
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     shared = json.loads((root / "eval/code/unstructured_code/base.json").read_text())  # the base model scored once
     assert shared["same_as"].startswith("qa_code:") and shared["metrics"] == json.loads(
@@ -150,14 +151,19 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     # 3. A second run has nothing to do.
     assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
 
-    # 4. Deleting one output rebuilds only what depends on it.
+    # 4. Deleting one output rebuilds only what depends on it: one figure rebuilds alone, from the collected files.
+    (root / "figures/tradeoff.png").unlink()
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"figure_tradeoff": 1, "all": 1}
+    snakemake(cli_env, tmp_path)
+    assert (root / "figures/tradeoff.png").stat().st_size > 1000
     (root / "eval/ce/translation/sft.json").unlink()
-    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"eval_ce": 1, "report": 1, "all": 1}
+    report = {"collect": 1, "tables": 1, **{f"figure_{name}": 1 for name in figures}, "all": 1}
+    assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"eval_ce": 1, **report}
     snakemake(cli_env, tmp_path)
     assert "Nothing to be done" in snakemake(cli_env, tmp_path, "-n")
     shutil.rmtree(root / "runs/sft/unstructured_code/model")
     assert job_stats(snakemake(cli_env, tmp_path, "-n")) == {"train_sft": 1, "eval_ce": 1, "eval_fm": 1,
-                                                             "eval_code": 1, "report": 1, "all": 1}  # fmt: skip
+                                                             "eval_code": 1, **report}  # fmt: skip
 
     # 5. Snakemake's HTML report contains the figure.
     snakemake(cli_env, tmp_path, "--report", str(tmp_path / "report.html"))
