@@ -36,7 +36,7 @@ def first_line(completion: str) -> str:
 
 def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str) -> list[dict]:
     """Training prompts with what the reward needs: the problem (unit tests) or the reference (chrF)."""
-    from evals.code import code_prompt, render
+    from evals.code import code_prompt, has_tests, render
 
     if reward == "unit_tests":
         rows = [
@@ -47,7 +47,7 @@ def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str)
                 "entry_point": r["entry_point"],
             }
             for r in records
-            if r.get("tests") and r.get("entry_point")
+            if has_tests(r)
         ]
     elif reward == "chrf":
         rows = [
@@ -63,7 +63,8 @@ def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str)
             f"or chrf, or drop rlvr from methods."
         )
     if not rows:
-        raise UserError("no training record carries what the RLVR reward needs (tests and an entry point).")
+        raise UserError("no training record carries what the RLVR reward needs (unit tests, and for a check function "
+                        "its entry point); check the task's tests_field.")  # fmt: skip
     return rows
 
 

@@ -165,16 +165,23 @@ class FinetuneConfig(Section):
 
 @dataclass
 class HubSplit(Section):
-    """One split of a hub dataset and the columns that hold question and answer."""
+    """One split of a hub dataset (or a local dataset folder) and the columns that hold what the study reads."""
 
-    path: str = setting(doc="hub dataset id", minLength=1)
-    split: str = "train"
-    name: str | None = None
+    path: str = setting(doc="hub dataset id, or a local folder that `datasets.load_dataset` reads (e.g. parquet "
+                            "files named by split)", minLength=1)  # fmt: skip
+    split: str = setting("train", "the split to read; a missing split is an error, never another split")
+    name: str | None = setting(None, "the dataset's configuration name, if it has several")
     question_field: str | None = setting("question", "None: no question (raw text, e.g. unstructured code)")
     answer_field: str = "answer"
-    tests_field: str | None = setting(None, "unit tests (a `check(candidate)` function) for code evaluation and RLVR")
-    entry_point_field: str | None = setting(None, "the name of the function the tests check")
-    max_examples: int | None = setting(None, minimum=1)
+    tests_field: str | None = setting(None, "unit tests, for code evaluation and RLVR's reward (form: tests_form)")
+    tests_form: Literal["check_function", "assert_list"] = setting(
+        "check_function", "check_function: a `check(candidate)` function (HumanEval); assert_list: a Python list "
+        "literal of assert statements (OpenCode)")  # fmt: skip
+    entry_point_field: str | None = setting(None, "the name of the function the tests check (check_function only)")
+    direction_field: str | None = setting(None, "translation: the column holding the direction, such as 'de-en'; "
+                                                "the source sentence is read from the ALMA-style prompt")  # fmt: skip
+    meta_fields: list[str] = setting(factory=list, doc="further columns kept in each record's meta")
+    max_examples: int | None = setting(None, "the first rows of the split", minimum=1)
 
 
 @dataclass
@@ -348,6 +355,8 @@ class CEEvalConfig(Section):
 class TranslationEvalConfig(Section):
     """Downstream translation (EBFT_SPEC.md §6): BLEU and chrF++ (sacreBLEU), COMET-22 where its model is at hand."""
 
+    max_records: int | None = setting(None, "the first held-out records, in file order, before max_pairs "
+                                            "(released: the first 128 prompts); null: all", minimum=1)  # fmt: skip
     max_pairs: int | None = setting(200, "the first held-out pairs of each direction; null: all", minimum=1)
     temperature: float = setting(0.6, "the released protocol: one sample at this temperature", exclusiveMinimum=0)
     top_p: float = setting(0.95, exclusiveMinimum=0, maximum=1)
@@ -381,9 +390,12 @@ class TaskConfig(Section):
     sft: dict[str, Any] | None = setting(None, "overrides of the global `sft` section for this task")
     ebft: dict[str, Any] | None = setting(None, "overrides of the global `ebft` section (e.g. c/s/G, pooling)")
     rlvr: dict[str, Any] | None = setting(None, "overrides of the global `rlvr` section")
+    eval: dict[str, Any] | None = setting(None, "overrides of the global `eval` section, per evaluation (e.g. "
+                                                "code: {max_problems: 128})")  # fmt: skip
 
 
-OVERRIDES = {"sft": SFTConfig, "ebft": EBFTConfig, "rlvr": RLVRConfig}  # TaskConfig fields that override a section
+# TaskConfig fields that override a global section (merged key by key, nested sections too)
+OVERRIDES = {"sft": SFTConfig, "ebft": EBFTConfig, "rlvr": RLVRConfig, "eval": EvalConfig}
 
 
 @dataclass

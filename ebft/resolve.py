@@ -27,6 +27,7 @@ from ebft.config import (
     CEEvalConfig,
     CodeEvalConfig,
     EBFTConfig,
+    EvalConfig,
     FinetuneConfig,
     FMEvalConfig,
     ModelConfig,
@@ -68,6 +69,17 @@ class Task:
     sft: SFTConfig
     ebft: EBFTConfig
     rlvr: RLVRConfig
+    eval: EvalConfig
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` laid over it, nested mappings key by key (a task's ``eval: {code: {…}}`` changes
+    only the keys it names); any other value, lists included, is replaced whole."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = deep_merge(base[key], value) if both else value
+    return merged
 
 
 @dataclass
@@ -179,6 +191,11 @@ class Study:
     def evaluated(self, task: str) -> list[str]:
         return ["base", *self.trained(task)]
 
+    @property
+    def code_ks(self) -> list[int]:
+        """Every k of pass@k some task reports."""
+        return sorted({k for t in self.tasks.values() if t.code_eval != "none" for k in t.eval.code.ks})
+
     def eval_kinds(self, task: str) -> list[str]:
         spec = self.task(task)
         return (["ce", "fm"] + (["code"] if spec.code_eval != "none" else [])
@@ -244,7 +261,7 @@ class Study:
             raise UserError(f"method {method!r} is not available; choose 'base' or one of {', '.join(METHODS)}.")
         trained = None if method == "base" else self.job("train", task=spec.name, method=method).hash
         job = {**base, "method": method, "kind": kind, "trained": trained}
-        ev = self.profile.eval
+        ev = spec.eval
         if kind == "ce":
             return Job(**job, ce=ev.ce)
         if kind == "fm":
@@ -266,7 +283,8 @@ class Study:
     def code_problem_set(self, task: str) -> dict:
         """What decides a task's pass@k problems, known before any data exist: tasks with equal sets score the same
         problems in the same order (HumanEval's held-out split is the same for every task under one seed)."""
-        spec, cfg = self.task(task), self.profile.eval.code
+        spec = self.task(task)
+        cfg = spec.eval.code
         if spec.code_eval == "none":
             return {}
         if spec.code_eval == "human_eval":
@@ -304,7 +322,7 @@ def load_study(raw: dict) -> Study:
         for key, cls in OVERRIDES.items():
             overrides = getattr(tc, key) or {}
             where = f"tasks.{name}.{key}" if overrides else key
-            merged[key] = build(cls, {**plain(getattr(profile, key)), **overrides}, where)
+            merged[key] = build(cls, deep_merge(plain(getattr(profile, key)), overrides), where)
         ebft = merged["ebft"]
         try:
             layout.num_blocks(tc.chunk_length, ebft.c, ebft.s, ebft.G)

@@ -52,7 +52,7 @@ def load_problems(kind: str, heldout_file: Path | None, cfg: CodeEvalConfig, see
     if kind == "heldout":
         from ebft.data import read_records
 
-        problems = [r for r in read_records(heldout_file) if r.get("tests") and r.get("entry_point")]
+        problems = [r for r in read_records(heldout_file) if has_tests(r)]
         if not problems:
             raise UserError(
                 f"{heldout_file} has no records with tests and an entry point; set the task's "
@@ -76,6 +76,29 @@ def load_problems(kind: str, heldout_file: Path | None, cfg: CodeEvalConfig, see
 
 
 PROMPT_FORMATS = ("raw", "chat")
+# The unit-test forms (ebft.config.HubSplit.tests_form). check_function: HumanEval's `check(candidate)` text, with an
+# entry point; the model completes the prompt's function. assert_list: assert statements (OpenCode); the question is
+# an instruction, and the program is the code of the response alone.
+TOP_LEVEL_USE = re.compile(r"^(?:print\(|if __name__\b|assert\b)", re.MULTILINE)  # where a response's own tests start
+
+
+def tests_form(problem: dict) -> str:
+    """The form of a record's unit tests: 'assert_list' (a list of asserts) or 'check_function'."""
+    return "assert_list" if isinstance(problem.get("tests"), list) else "check_function"
+
+
+def has_tests(problem: dict) -> bool:
+    """Whether a record can be scored: tests, and for a check function the entry point it checks."""
+    return bool(problem.get("tests")) and (tests_form(problem) == "assert_list" or bool(problem.get("entry_point")))
+
+
+def problems_form(problems: Sequence[dict]) -> str:
+    """The one test form of a task's problems (its prompts, stops and extraction follow it)."""
+    forms = {tests_form(p) for p in problems}
+    if len(forms) > 1:
+        raise UserError(f"a task's problems mix unit-test forms ({', '.join(sorted(forms))}); give each task one "
+                        f"tests_form.")  # fmt: skip
+    return forms.pop() if forms else "check_function"
 
 
 def is_raw(prompt_format: str) -> bool:
@@ -99,13 +122,16 @@ def render(text: str, tokenizer, prompt_format: str) -> str:
 
 
 def code_prompt(problem: dict, tokenizer, prompt_format: str) -> str:
-    if is_raw(prompt_format):
-        return problem["question"]
+    if is_raw(prompt_format) or tests_form(problem) == "assert_list":  # an instruction goes in as it is
+        return render(problem["question"], tokenizer, prompt_format)
     return render(f"{CODE_REQUEST}\n\n```python\n{problem['question'].rstrip()}\n```", tokenizer, prompt_format)
 
 
-def code_done(prompt_format: str) -> Callable[[str], bool]:
-    """Whether a partial completion is finished: a stop sequence (raw) or a closed code block (chat)."""
+def code_done(prompt_format: str, form: str = "check_function") -> Callable[[str], bool] | None:
+    """Whether a partial completion is finished: a stop sequence (raw) or a closed code block (chat). Responses to
+    assert-list problems stop only at EOS (the released protocol), so None."""
+    if form == "assert_list":
+        return None
     if is_raw(prompt_format):
         return lambda text: any(s in text for s in RAW_STOPS)
     return lambda text: text.count("```") >= 2
@@ -126,8 +152,20 @@ def prompt_preamble(problem: dict) -> str:
     return problem["question"][: match.start()] if match else ""
 
 
+def response_code(completion: str) -> str:
+    """The program of a response alone: its first Python code block (else its first block, else the whole text), cut
+    before the first top-level use of the code (``print(``, ``if __name__``, an ``assert``). Nothing is prepended."""
+    blocks = [(lang.lower(), body) for lang, body in FENCE.findall(completion)]
+    blocks = [b for lang, b in blocks if lang in ("", "python", "py", "python3")] or [b for _, b in blocks]
+    code = blocks[0] if blocks else completion
+    use = TOP_LEVEL_USE.search(code)
+    return (code[: use.start()] if use else code).rstrip() + "\n"
+
+
 def extract_program(problem: dict, completion: str, prompt_format: str) -> str:
     """The program a completion stands for, without the tests."""
+    if tests_form(problem) == "assert_list":
+        return response_code(completion)
     if is_raw(prompt_format):
         return problem["question"] + truncate_raw(completion)
     blocks = [(lang.lower(), body) for lang, body in FENCE.findall(completion)]
@@ -140,16 +178,22 @@ def extract_program(problem: dict, completion: str, prompt_format: str) -> str:
 
 
 def with_tests(problem: dict, program: str) -> str:
-    """The program followed by the problem's tests and the call that runs them."""
+    """The program followed by the problem's tests (and, for a check function, the call that runs them): it passes
+    only if every test does."""
+    if tests_form(problem) == "assert_list":
+        return f"{program}\n\n" + "\n".join(problem["tests"]) + "\n"
     return f"{program}\n\n{problem['tests']}\n\ncheck({problem['entry_point']})\n"
 
 
 def unit_test_programs(problem: dict, program: str) -> list[str]:
     """One test program per unit test: RLVR's reward is the fraction of them that pass.
 
-    A unit test is a statement of ``check``'s body that contains an ``assert``; every other statement (set-up) is
-    kept in each program, in order. Tests without a ``check`` function, or with one test, give one program.
+    A unit test is an assert of an assert list, or a statement of ``check``'s body that contains an ``assert``, where
+    every other statement (set-up) is kept in each program, in order. Tests without a ``check`` function, or with one
+    test, give one program.
     """
+    if tests_form(problem) == "assert_list":
+        return [f"{program}\n\n{test}\n" for test in problem["tests"]]
     try:
         module = ast.parse(problem["tests"])
     except SyntaxError:
@@ -314,7 +358,7 @@ def evaluate_code(
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
-        done=code_done(prompt_format),
+        done=code_done(prompt_format, problems_form(problems)),
         seed=seed,
     )
     generated = time.time()

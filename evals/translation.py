@@ -37,10 +37,11 @@ def direction(rec: dict) -> str:
     return f"{meta['src_lang']}-{meta['tgt_lang']}"
 
 
-def select_pairs(records: list[dict], max_pairs: int | None) -> list[dict]:
-    """The held-out pairs to translate: the first ``max_pairs`` of each direction, in file order."""
+def select_pairs(records: list[dict], max_pairs: int | None, max_records: int | None = None) -> list[dict]:
+    """The held-out pairs to translate: of the first ``max_records`` records (None: all), the first ``max_pairs`` of
+    each direction, in file order."""
     kept, per = [], {}
-    for rec in records:
+    for rec in records[:max_records]:
         meta = rec.get("meta") or {}
         if not {"src_lang", "tgt_lang", "source", "reference"} <= meta.keys():
             raise UserError(f"held-out record {rec.get('id')!r} is not a translation pair (its meta lacks "
@@ -190,7 +191,7 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer
     from evals.code import generate, render
 
-    pairs = select_pairs(records, cfg.max_pairs)
+    pairs = select_pairs(records, cfg.max_pairs, cfg.max_records)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir, dtype=autocast_dtype(precision, device) or torch.float32).to(device).eval()

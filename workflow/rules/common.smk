@@ -90,7 +90,7 @@ def train_metrics_files():
 def figures():
     """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
     kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
-    names = figure_metrics(kinds, STUDY.profile.eval.code.ks) + summary_figures(kinds)
+    names = figure_metrics(kinds, STUDY.code_ks) + summary_figures(kinds)
     return [L.figure(m) for m in names + (["training_curves"] if train_metrics_files() else [])]
 
 
@@ -104,3 +104,15 @@ def study_products():
         for kind in [k for k in ("code", "translation") if k in STUDY.eval_kinds(task)]:
             products += [L.samples_file(task, m, kind) for m in STUDY.evaluated(task)]
     return products + eval_records()  # the report's files are asked for by `all` itself
+
+
+onstart:
+    # A real run (not a dry run) first checks that every hub model and dataset can be fetched from here: a gated model
+    # without a token, or a hub out of reach, stops the run before any job starts, in one sentence.
+    from ebft.errors import UserError
+    from ebft.hub import preflight
+
+    try:
+        preflight(STUDY)
+    except UserError as error:
+        sys.exit(f"Hub error: {error}")
