@@ -272,6 +272,9 @@ class EBFTConfig(OptimiserSettings):
     lr: float = setting(1e-5, exclusiveMinimum=0)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = setting(2, "chunks per rollout batch, summed over all processes (× n sequences)", minimum=1)
+    micro_batch_size: int | None = setting(None, "sequences per forward and backward within one rollout batch "
+                                                 "(gradient accumulation, one optimiser step per rollout batch; "
+                                                 "released: 8); null: the whole batch at once", minimum=1)  # fmt: skip
     max_steps: int = setting(20, "optimiser steps = rollout batches; also bounded by `epochs`", minimum=1)
     epochs: int = setting(1, minimum=1)
     checkpoint_every: int = setting(10, "steps between resumable checkpoints (and at the end)", minimum=1)
@@ -342,6 +345,8 @@ class FMEvalConfig(Section):
     n: int = setting(4, "rollouts per block", minimum=2)
     batch_size: int = setting(2, "chunks per forward (× n rollouts)", minimum=1)
     bootstrap: int = setting(1000, minimum=1)
+    whitened: bool = setting(False, "also the released online eval's variant, fm_loss_whitened: the same rollouts "
+                                    "scored with the task's training whitening and reward form")  # fmt: skip
 
 
 @dataclass

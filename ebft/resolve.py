@@ -265,7 +265,8 @@ class Study:
         if kind == "ce":
             return Job(**job, ce=ev.ce)
         if kind == "fm":
-            return Job(**job, fm=ev.fm, ebft={k: getattr(spec.ebft, k) for k in FM_EBFT_FIELDS})
+            fields = FM_EBFT_FIELDS + (("whitening",) if ev.fm.whitened else ())  # whitening only decides the variant
+            return Job(**job, fm=ev.fm, ebft={k: getattr(spec.ebft, k) for k in fields})
         if kind == "translation":
             if spec.translation_eval == "none":
                 raise UserError(f"{spec.name} has no translation evaluation (tasks.{spec.name}.translation_eval is "

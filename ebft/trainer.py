@@ -25,6 +25,7 @@ leave it off), and blocks whose ground truth leaves its anchor's document get no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -183,9 +184,12 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     seq = strided.strided_sequence(chunks, blocks)  # (B·n, S)
     NB = blocks.shape[1]
 
+    R = B * n
+    micro = [slice(i, i + (cfg.micro_batch_size or R)) for i in range(0, R, cfg.micro_batch_size or R)]
     with accelerator.autocast(), feature_network(model, frozen) as net:
-        gt_feat, gen_feat = strided_features(net, seq, L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
-                                             documents=docs)  # fmt: skip
+        parts = [strided_features(net, seq[m], L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
+                                  documents=docs[m] if docs is not None else None) for m in micro]  # fmt: skip
+    gt_feat, gen_feat = (torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in (0, 1))
     gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
     gt_feat = gt_feat.view(B, n, NB, -1)[:, 0]  # (B, NB, D): identical across copies
     scores = [feature_rewards(gen_feat[b], gt_feat[b], alpha=cfg.alpha, beta=cfg.beta, whitening=cfg.whitening)
@@ -201,26 +205,38 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
 
     # Reductions over the global batch, so that P processes compute the update of one process (DDP averages the P
     # gradients, hence the factor P): the policy loss is a mean over the sequences that hold at least one valid block
-    # (a sequence with none has no generated token to train), the CE a mean over every real token of the batch.
+    # (a sequence with none has no generated token to train), the CE a mean over every real token of the batch. Each
+    # term is a sum over sequences divided by a count of the whole batch, so the micro-batches' losses add up to the
+    # batch's loss and their accumulated gradients to its gradient.
     P = accelerator.num_processes
     per_seq_tokens = token_keep.sum(dim=(1, 2))  # (B·n,)
     n_seq = optim.global_sum(accelerator, (per_seq_tokens > 0).sum()).clamp_min(1)  # sequences with a valid block
     targets = batch.valid.to(device).repeat_interleave(n, dim=0)  # (B·n, L)
-    with accelerator.autocast():
-        logits = strided.strided_forward(policy, seq, L, c, s, G, docs)  # (B·n, S, V)
-        logp = strided.generated_logprobs(logits, seq, L, c, s, G, cfg.temperature)  # (B·n, NB, G)
-        policy_loss = optim.ddp_scaled(reinforce_sum(adv, logp, token_keep) / n_seq, P)
-        nll, count = token_nll(logits[:, :L], chunks, targets)
-        ce = optim.ddp_scaled(nll.sum() / optim.global_sum(accelerator, count.sum()).clamp_min(1), P)
-        kl = torch.zeros((), device=device)
-        if cfg.kl_coef > 0:
-            with torch.no_grad(), feature_network(model, kl_ref) as ref:
-                ref_logits = strided.strided_forward(ref, seq, L, c, s, G, docs)
-                ref_logp = strided.generated_logprobs(ref_logits, seq, L, c, s, G, cfg.temperature)
-            per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep).sum(dim=(1, 2))
-            kl = optim.ddp_scaled((per_seq_kl / per_seq_tokens.clamp_min(1)).sum() / n_seq, P)
-        loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
-    accelerator.backward(loss)
+    ce_tokens = optim.global_sum(accelerator, targets[:, 1:].sum()).clamp_min(1)  # token_nll's targets, whole batch
+    terms = {"policy_loss": 0.0, "ce": 0.0, "kl": 0.0, "loss": 0.0}
+    for i, m in enumerate(micro):
+        last = i == len(micro) - 1
+        with accelerator.no_sync(policy) if not last else contextlib.nullcontext():  # DDP all-reduces once
+            with accelerator.autocast():
+                mdocs = docs[m] if docs is not None else None
+                logits = strided.strided_forward(policy, seq[m], L, c, s, G, mdocs)  # (m, S, V)
+                logp = strided.generated_logprobs(logits, seq[m], L, c, s, G, cfg.temperature)  # (m, NB, G)
+                policy_loss = optim.ddp_scaled(reinforce_sum(adv[m], logp, token_keep[m]) / n_seq, P)
+                nll, _ = token_nll(logits[:, :L], chunks[m], targets[m])
+                ce = optim.ddp_scaled(nll.sum() / ce_tokens, P)
+                kl = torch.zeros((), device=device)
+                if cfg.kl_coef > 0:
+                    with torch.no_grad(), feature_network(model, kl_ref) as ref:
+                        ref_logits = strided.strided_forward(ref, seq[m], L, c, s, G, mdocs)
+                        ref_logp = strided.generated_logprobs(ref_logits, seq[m], L, c, s, G, cfg.temperature)
+                    per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep[m]).sum(dim=(1, 2))
+                    kl = optim.ddp_scaled((per_seq_kl / per_seq_tokens[m].clamp_min(1)).sum() / n_seq, P)
+                loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
+            accelerator.backward(loss)
+        for name, value in (("policy_loss", policy_loss), ("ce", ce), ("kl", kl), ("loss", loss)):
+            terms[name] = terms[name] + value.detach()
+        del logits, logp
+    policy_loss, ce, kl, loss = (terms[k] for k in ("policy_loss", "ce", "kl", "loss"))
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()

@@ -7,6 +7,10 @@ as the task pools them: ``fm_loss`` is the mean over valid blocks of the unbiase
 is this quantity under mean pooling too, where features are not unit norm). Lower is better; differences between
 models are differences in the conditional feature-matching loss (the task's answer-only and document masking
 settings apply). 95 % interval by bootstrap over chunks.
+
+With ``whitened``, also ``fm_loss_whitened``, the released online eval's variant: the same rollouts scored as training
+scores them, −mean_j(A_j − D_j/2) under the task's whitening and reward form (cosine alignment), averaged over valid
+blocks. It is not the quantity above (whitening changes the geometry per block), so it is labelled apart.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from ebft.config import EBFTConfig, FMEvalConfig
 from ebft.features import strided_features
 from ebft.models import load_causal_lm, load_tokenizer
 from ebft.packing import pack_records
-from ebft.rewards import fm_loss_estimate
+from ebft.rewards import feature_rewards, fm_loss_estimate
 from ebft.strided import block_valid, derive_seed
 from evals.stats import bootstrap_ratio_ci
 
@@ -37,7 +41,7 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))
     valid = block_valid(chunks, c, s, G, ebft.answer_only, ebft.document_mask)  # (N, NB)
-    sums, counts = [], []
+    sums, counts, whitened = [], [], []
     for start in tqdm(range(0, len(chunks), cfg.batch_size), desc="fm", unit="batch"):
         batch = chunks.subset(slice(start, start + cfg.batch_size))
         B, L = batch.input_ids.shape
@@ -57,9 +61,17 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
             keep = valid[start + b].to(device).double()  # (NB,)
             sums.append(float((fm_loss_estimate(gen[b], gt[b]) * keep).sum()))
             counts.append(float(keep.sum()))
+            if cfg.whitened:  # training's estimate of ‖φ_y‖² − loss under its whitening: mean_j(A_j − D_j/2)
+                r = feature_rewards(gen[b], gt[b], alpha=1.0, beta=1.0, whitening=ebft.whitening)
+                estimate = (r["alignment"].double() - r["diversity"].double() / 2).mean(dim=0)  # (NB,)
+                whitened.append(float((-estimate * keep).sum()))
     total = sum(counts)
     if total == 0:
         return []
-    low, high = bootstrap_ratio_ci(sums, counts, resamples=cfg.bootstrap, seed=seed)
-    return [{"metric": "fm_loss", "value": sum(sums) / total, "n": int(total), "units": len(sums),
-             "ci_low": low, "ci_high": high, "unit_num": sums, "unit_den": counts}]  # fmt: skip
+    rows = []
+    for metric, values in (("fm_loss", sums), ("fm_loss_whitened", whitened)):
+        if values:
+            low, high = bootstrap_ratio_ci(values, counts, resamples=cfg.bootstrap, seed=seed)
+            rows.append({"metric": metric, "value": sum(values) / total, "n": int(total), "units": len(values),
+                         "ci_low": low, "ci_high": high, "unit_num": values, "unit_den": counts})  # fmt: skip
+    return rows

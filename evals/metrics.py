@@ -43,6 +43,8 @@ METRICS = {
     "val_ce_answer": Metric("val_ce_answer", "Validation CE, answer tokens (nats/token)", True, "ce", figure=False,
                             short="CE (answer)"),
     "fm_loss": Metric("fm_loss", "Held-out feature-matching loss", True, "fm", short="FM loss"),
+    "fm_loss_whitened": Metric("fm_loss_whitened", "Held-out feature-matching loss, training whitening (the released "
+                               "online eval)", True, "fm", figure=False, short="FM loss (whitened)"),
     "bleu": Metric("bleu", "Translation BLEU (one sample at T = 0.6, macro over directions)", False, "translation",
                    short="BLEU", digits=2),
     "chrf": Metric("chrf", "Translation chrF++ (one sample at T = 0.6, macro over directions)", False, "translation",

@@ -43,3 +43,27 @@ def test_fm_estimate_is_bounded_below_by_minus_the_reference_norm():
     torch.testing.assert_close(fm_loss_estimate(gen, ref), -(ref**2).sum(-1))
     with pytest.raises(ValueError, match="n ≥ 2"):
         fm_loss_estimate(gen[:1], ref)
+
+
+def test_the_released_whitened_variant_is_labelled_apart_and_equals_the_estimate_without_whitening(tiny_model_dir):
+    """fm_loss_whitened scores the same rollouts as training does. Without whitening and with unit-norm (last-token)
+    features it is the unbiased estimate itself; under the released whitening it is another number, in its own row."""
+    from ebft.config import EBFTConfig, FMEvalConfig, HumanEvalSource
+    from ebft.data import human_eval_split
+    from evals.fm import evaluate_fm
+
+    records = human_eval_split(HumanEvalSource(heldout=64), 43)[1][:4]
+    cfg = FMEvalConfig(max_chunks=2, n=3, batch_size=2, bootstrap=20, whitened=True)
+    rows = {}
+    for whitening in ("none", "released"):
+        ebft = EBFTConfig(c=8, s=8, G=8, pooling="last_token", whitening=whitening)
+        got = evaluate_fm(tiny_model_dir, tiny_model_dir, records, 64, ebft, cfg, seed=3)
+        rows[whitening] = {r["metric"]: r for r in got}
+    plain, released = rows["none"], rows["released"]
+    assert set(plain) == set(released) == {"fm_loss", "fm_loss_whitened"}
+    assert plain["fm_loss_whitened"]["value"] == pytest.approx(plain["fm_loss"]["value"], abs=1e-4)
+    assert released["fm_loss"]["value"] == plain["fm_loss"]["value"]  # the same rollouts and estimate
+    assert released["fm_loss_whitened"]["value"] != pytest.approx(plain["fm_loss"]["value"], abs=1e-3)
+    without = evaluate_fm(tiny_model_dir, tiny_model_dir, records, 64, EBFTConfig(c=8, s=8, G=8),
+                          FMEvalConfig(max_chunks=2, n=3, batch_size=2, bootstrap=20), seed=3)  # fmt: skip
+    assert [r["metric"] for r in without] == ["fm_loss"]
