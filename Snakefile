@@ -15,6 +15,15 @@ include: "workflow/rules/eval.smk"  # eval_ce, eval_fm, eval_code
 include: "workflow/rules/report.smk"  # collect, tables, figure_<name> (one job per figure)
 
 
+# Run where Snakemake runs, never submitted to a cluster: the downloads (compute nodes often have no internet) and the
+# report's small jobs. No effect on a local run.
+localrules:
+    prepare_model,
+    prepare_data,
+    collect,
+    tables,
+
+
 rule all:
     input:
         study_products(),

@@ -81,6 +81,7 @@ def positive_int(text: str) -> int:
 def resolve_job(args) -> Job:
     """The job the arguments name: from ``--job`` (checked against the other arguments) or from the profile."""
     wanted = {k: getattr(args, k, None) for k in ("task", "method", "kind", "model")}
+    run = getattr(args, "run", None)
     if args.job:
         job = job_from_json(args.job)
         if job.command != args.command:
@@ -89,7 +90,13 @@ def resolve_job(args) -> Job:
             have = job.model_name if key == "model" else getattr(job, key)
             if value is not None and have != value:
                 raise UserError(f"--{key} is {value!r} but --job is for {have!r}; pass matching arguments.")
+        if run is not None and job.run != run:
+            raise UserError(f"--run is {run!r} but --job is for {job.run!r}; pass matching arguments.")
         return job
+    if run is not None:
+        if wanted["method"] not in (None, "ebft"):
+            raise UserError(f"--run names an EBFT sweep run, but --method is {wanted['method']!r}; pass --method ebft.")
+        wanted["method"] = run
     return read_study(args.config).job(args.command, **wanted)
 
 
@@ -140,7 +147,7 @@ def cmd_train(args, job: Job):
     layout = job.layout
     model_dir = Path(args.model_dir or layout.model_dir(job.model_name))
     data_dir = Path(args.data_dir or layout.data_dir(job.task))
-    out = Path(args.out or layout.run_dir(job.method, job.task))
+    out = Path(args.out or layout.run_dir(job.run_name, job.task))
     records = read_records(data_dir / "train.jsonl")
     common = {"finetune": job.finetune, "precision": job.precision, "seed": job.seed, "out": out}
     read = {"model_dir": model_dir, "data_dir": data_dir}
@@ -150,7 +157,9 @@ def cmd_train(args, job: Job):
         summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=job.chunk_length, sft=job.sft,
                             **common)  # fmt: skip
     else:
-        default_start = layout.checkpoint("sft", job.task) if job.start.startswith("sft:") else model_dir
+        default_start = (layout.checkpoint("sft", job.task) if job.start.startswith("sft:")
+                         else layout.model_dir(job.start.split(":", 1)[1]) if job.start.startswith("model:")
+                         else model_dir)  # fmt: skip
         start_dir = Path(args.start_dir or default_start)
         if job.start.startswith("sft:") and not args.start_dir:
             _require_checkpoint(start_dir, "sft", job.task)
@@ -177,11 +186,12 @@ def cmd_eval(args, job: Job):
 
     layout = job.layout
     base_dir = Path(args.base_dir or layout.model_dir(job.model_name))
-    model_dir = Path(args.model_dir or (base_dir if job.method == "base" else layout.checkpoint(job.method, job.task)))
+    trained_dir = None if job.method == "base" else layout.checkpoint(job.run_name, job.task)
+    model_dir = Path(args.model_dir or trained_dir or base_dir)
     data_dir = Path(args.data_dir or layout.data_dir(job.task))
-    out = Path(args.out or layout.eval_file(job.kind, job.task, job.method))
+    out = Path(args.out or layout.eval_file(job.kind, job.task, job.run_name))
     if job.method != "base" and not args.model_dir:
-        _require_checkpoint(model_dir, job.method, job.task)
+        _require_checkpoint(model_dir, job.run_name, job.task)
     if job.trained is not None:
         found = recorded_hash(model_dir.parent)
         if found is not None and found != job.trained:
@@ -191,19 +201,19 @@ def cmd_eval(args, job: Job):
     started = time.time()
     extra = {}
     if job.same_as:
-        return _copy_base_code(job, args, data_dir, out)
+        return _copy_record(job, args, data_dir, out)
     if job.kind == "code":
         from evals.code import evaluate_code, load_problems
 
         problems = load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)
-        samples = Path(args.samples or layout.samples_file(job.task, job.method))
+        samples = Path(args.samples or layout.samples_file(job.task, job.run_name))
         rows, extra = evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
                                     seed=job.seed, samples_out=samples)  # fmt: skip
         extra.update(problems=len(problems), samples_file=str(samples))
     elif job.kind == "translation":
         from evals.translation import evaluate_translation
 
-        samples = Path(args.samples or layout.samples_file(job.task, job.method, "translation"))
+        samples = Path(args.samples or layout.samples_file(job.task, job.run_name, "translation"))
         rows, extra = evaluate_translation(model_dir, read_records(data_dir / "heldout.jsonl"), job.prompt_format,
                                            job.translation, precision=job.precision, seed=job.seed,
                                            samples_out=samples)  # fmt: skip
@@ -218,12 +228,13 @@ def cmd_eval(args, job: Job):
         heldout = read_records(data_dir / "heldout.jsonl")
         rows = evaluate_fm(model_dir, base_dir, heldout, job.chunk_length, job.ebft_config(), job.fm, seed=job.seed)
     record = {
-        "profile": job.profile, "task": job.task, "method": job.method, "model_dir": str(model_dir),
+        "profile": job.profile, "task": job.task, "method": job.run_name, "model_dir": str(model_dir),
         "config_hash": job.hash, "trained_config_hash": job.trained, "git_sha": git_sha(),
-        "wall_time_s": round(time.time() - started, 2), **extra, "metrics": rows,
+        "wall_time_s": round(time.time() - started, 2), **extra, **({"sweep": job.sweep} if job.sweep else {}),
+        "metrics": rows,
     }  # fmt: skip
     atomic_write(out, json.dumps(record, indent=2))
-    print(f"{job.kind} {job.task}/{job.method}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
+    print(f"{job.kind} {job.task}/{job.run_name}: " + ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows))
 
 
 def cmd_report(args, job: Job | None):
@@ -271,7 +282,7 @@ def cmd_report(args, job: Job | None):
     print(f"report: {len(df)} metric rows → {', '.join(wrote) or 'no table'}; {len(figures)} figures")
 
 
-def check_profile(spec: str) -> str:
+def check_profile(spec: str, runs: bool = False) -> str:
     """Read a profile and resolve every job of its study (what the workflow will run); a line saying what it holds.
 
     A problem raises the same one-sentence ConfigError/UserError that the workflow or the command would give.
@@ -280,11 +291,14 @@ def check_profile(spec: str) -> str:
     jobs = [study.job("prepare-model", model=m) for m in study.models]
     for task in study.tasks:
         jobs.append(study.job("prepare-data", task=task))
-        jobs += [study.job("train", task=task, method=m) for m in study.trained(task)]
+        jobs += [study.job("train", task=task, method=m) for m in study.runs(task)]
         jobs += [study.job("eval", task=task, method=m, kind=k) for k in study.eval_kinds(task)
                  for m in study.evaluated(task)]  # fmt: skip
     jobs.append(study.job("report"))
-    return f"{spec}: profile {study.profile.profile!r}, {len(study.tasks)} tasks, {len(jobs)} jobs; no problem found."
+    line = f"{spec}: profile {study.profile.profile!r}, {len(study.tasks)} tasks, {len(jobs)} jobs; no problem found."
+    if runs:
+        line += "".join(f"\n{task}: " + " ".join(study.runs(task)) for task in study.tasks)
+    return line
 
 
 def export_lm_eval(args) -> str:
@@ -303,31 +317,37 @@ def export_lm_eval(args) -> str:
     )
 
 
-def _copy_base_code(job: Job, args, data_dir: Path, out: Path) -> None:
-    """Base pass@k on problems another task's base record already scored (``job.same_as``): that record and its samples,
-    relabelled for this task, once its settings and problems are checked to be this task's."""
-    from evals.code import load_problems
-
+def _copy_record(job: Job, args, data_dir: Path, out: Path) -> None:
+    """An evaluation already computed elsewhere (``job.same_as``): the base model's pass@k on problems another task
+    shares, or the records of the method's run a sweep point is. That record and its samples, relabelled, once its
+    settings (and for code its problems) are checked to be this job's."""
     layout = job.layout
-    owner, owner_hash = job.same_as.split(":", 1)
-    source = Path(args.same_as or layout.eval_file("code", owner, "base"))
+    where, source_hash = job.same_as.split(":", 1)
+    task, run = where.split("/", 1)
+    source = Path(args.same_as or layout.eval_file(job.kind, task, run))
     if not source.is_file():
-        raise UserError(f"{job.task}'s base pass@k is {owner}'s (the same problems and model), and {source} does not "
-                        f"exist yet; evaluate {owner}'s base model first ('ebft eval --kind code --task {owner} "
-                        f"--method base', or the workflow's eval_code rule).")  # fmt: skip
+        raise UserError(f"{job.task}/{job.run_name}'s {job.kind} evaluation is {task}/{run}'s, and {source} does not "
+                        f"exist yet; evaluate that first ('ebft eval --kind {job.kind} --task {task} --method {run}', "
+                        f"or the workflow's eval_{job.kind} rule).")  # fmt: skip
     record = json.loads(source.read_text())
-    if record.get("config_hash") != owner_hash:
+    if record.get("config_hash") != source_hash:
         raise UserError(f"{source} was computed under settings {record.get('config_hash')}, but the profile now gives "
-                        f"{owner_hash}; rerun {owner}'s base code evaluation first.")  # fmt: skip
-    ids = [p["id"] for p in load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)]
-    if any(row.get("unit_ids") != ids for row in record["metrics"]):
-        raise UserError(f"{source} scored other problems than {job.task}'s code evaluation holds; delete it and rerun "
-                        f"{owner}'s base code evaluation.")  # fmt: skip
-    samples = Path(args.samples or layout.samples_file(job.task, job.method))
-    atomic_write(samples, source.with_name("base.samples.jsonl").read_text())  # written beside it (Layout)
-    record.update(task=job.task, config_hash=job.hash, samples_file=str(samples), same_as=job.same_as)
+                        f"{source_hash}; rerun {task}/{run}'s {job.kind} evaluation first.")  # fmt: skip
+    if job.kind == "code":
+        from evals.code import load_problems
+
+        ids = [p["id"] for p in load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)]
+        if any(row.get("unit_ids") != ids for row in record["metrics"]):
+            raise UserError(f"{source} scored other problems than {job.task}'s code evaluation holds; delete it and "
+                            f"rerun {task}/{run}'s code evaluation.")  # fmt: skip
+    if job.kind in ("code", "translation"):
+        samples = Path(args.samples or layout.samples_file(job.task, job.run_name, job.kind))
+        atomic_write(samples, source.with_name(f"{Path(run).name}.samples.jsonl").read_text())  # beside it (Layout)
+        record["samples_file"] = str(samples)
+    record.update(task=job.task, method=job.run_name, config_hash=job.hash, same_as=job.same_as,
+                  **({"sweep": job.sweep} if job.sweep else {}))  # fmt: skip
     atomic_write(out, json.dumps(record, indent=2))
-    print(f"code {job.task}/base: {owner}'s record (the same problems and model), not recomputed")
+    print(f"{job.kind} {job.task}/{job.run_name}: {task}/{run}'s record (the same evaluation), not recomputed")
 
 
 def _require_checkpoint(model_dir: Path, method: str, task: str) -> None:
@@ -372,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
     sp.add_argument("--method", required=True, choices=METHODS, help="training method")
     sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--run", help="a sweep run of EBFT, such as set1/whitening-none_gamma-0.03_beta-0.5 (the profile's "
+                                  "`sweeps`; `ebft check --runs` lists them); with --method ebft")  # fmt: skip
     sp.add_argument("--model-dir", help="the task's base model (default: its prepared folder); EBFT's features")
     sp.add_argument("--start-dir", help="EBFT's and RLVR's starting policy (default: the base model, or the SFT "
                                         "checkpoint when the task's ebft.init is sft)")  # fmt: skip
@@ -384,14 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", required=True, choices=TASKS)
     sp.add_argument("--method", required=True, choices=("base", *METHODS),
                     help="the base model or a training method's checkpoint")  # fmt: skip
+    sp.add_argument("--run", help="a sweep run's checkpoint (with --method ebft), such as "
+                                  "set1/whitening-none_gamma-0.03_beta-0.5")  # fmt: skip
     sp.add_argument("--model-dir", help="model to score (default: base model or the method's checkpoint)")
     sp.add_argument("--base-dir", help="the task's base model: the feature network for fm (default: prepared)")
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="record file (default results/<profile>/eval/<kind>/<task>/<method>.json)")
     sp.add_argument("--samples", help="code, translation: per-sample JSONL (default …/eval/<kind>/<task>/<method>"
                                       ".samples.jsonl)")  # fmt: skip
-    sp.add_argument("--same-as", help="code, base model: the record of the task whose problems this task shares "
-                                      "(default …/eval/code/<that task>/base.json)")  # fmt: skip
+    sp.add_argument("--same-as", help="the record this evaluation copies, where the profile says it is already "
+                                      "computed (default: its place under results/<profile>/eval)")  # fmt: skip
 
     sp = command("report", cmd_report, "Collect evaluation records into metrics.csv, a markdown table and figures.")
     sp.add_argument("inputs", nargs="*", help="evaluation record files (JSON)")
@@ -414,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "first problem is one sentence naming the key (or the file's line and column).",
     )
     sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
+    sp.add_argument("--runs", action="store_true", help="also list every trained run per task (methods and sweeps)")
     sp.set_defaults(func=None)
 
     sp = sub.add_parser("export-lm-eval", help="Write lm-eval task files over a task's held-out records (offline).",
@@ -451,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_with_parent()
     try:
         if args.command in ("check", "export-lm-eval"):  # they read a profile, not one of its jobs
-            print(check_profile(args.config) if args.command == "check" else export_lm_eval(args))
+            print(check_profile(args.config, args.runs) if args.command == "check" else export_lm_eval(args))
             return 0
         redraw = args.command == "report" and args.from_csv and not args.job  # from a metrics.csv alone
         job = None if redraw else resolve_job(args)

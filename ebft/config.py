@@ -404,6 +404,25 @@ OVERRIDES = {"sft": SFTConfig, "ebft": EBFTConfig, "rlvr": RLVRConfig, "eval": E
 
 
 @dataclass
+class SweepConfig(Section):
+    """A grid of EBFT runs (the paper's sets 1 and 2, and ablations): every combination of ``grid`` on each task it
+    covers, trained and evaluated like a method, and reported with its settings."""
+
+    grid: dict[str, list[Any]] = setting(doc="EBFT settings → the values swept, e.g. {gamma: [0, 0.03, 0.1]}; every "
+                                             "combination is one run")  # fmt: skip
+    ebft: dict[str, Any] | None = setting(None, "EBFT settings fixed for every run of the sweep (over the task's), "
+                                                "e.g. {epochs: 1, init: sft}")  # fmt: skip
+    warm_start: dict[str, str] | None = setting(
+        None, "per task, a key of `models` to start from (e.g. a released SFT checkpoint); others: ebft.init"
+    )
+    tasks: list[str] | None = setting(None, "the tasks swept; null: every task")
+
+    def check(self):
+        if not self.grid or any(not isinstance(v, list) or not v for v in self.grid.values()):
+            raise FieldError("grid", "it must map at least one EBFT setting to a non-empty list of values")
+
+
+@dataclass
 class Profile(Section):
     """A whole profile as written (``config/<name>.yaml``), typed; :mod:`ebft.resolve` merges it per task."""
 
@@ -420,6 +439,8 @@ class Profile(Section):
     ebft: EBFTConfig = setting(factory=EBFTConfig)
     rlvr: RLVRConfig = setting(factory=RLVRConfig)
     eval: EvalConfig = setting(factory=EvalConfig)
+    sweeps: dict[str, SweepConfig] = setting(factory=dict, doc="named grids of EBFT runs, each point a run of its "
+                                                               "own (runs/<sweep>/<point>/<task>)")  # fmt: skip
 
     def check(self):
         if not self.models:

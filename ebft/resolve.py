@@ -72,6 +72,30 @@ class Task:
     eval: EvalConfig
 
 
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep on one task: its id (its folder under runs/ and its name in the report), its grid values and
+    its EBFT settings (the task's, with the sweep's fixed settings and the point's values laid over)."""
+
+    id: str
+    sweep: str
+    settings: dict[str, Any]
+    ebft: EBFTConfig
+    warm_start: str | None = None  # a key of `models` to start from
+    same_as: str | None = None  # 'ebft' when its settings are the task's EBFT run's: that run is this point
+
+
+def point_id(sweep: str, settings: dict[str, Any]) -> str:
+    """'<sweep>/<setting>-<value>_…', e.g. 'set1/whitening-none_gamma-0.03_beta-0.5'."""
+
+    def text(value) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return "+".join(text(v) for v in value) if isinstance(value, list) else str(value)
+
+    return f"{sweep}/" + "_".join(f"{key}-{text(value)}" for key, value in settings.items())
+
+
 def deep_merge(base: dict, overrides: dict) -> dict:
     """``base`` with ``overrides`` laid over it, nested mappings key by key (a task's ``eval: {code: {…}}`` changes
     only the keys it names); any other value, lists included, is replaced whole."""
@@ -116,7 +140,9 @@ class Job:
     translation: TranslationEvalConfig | None = None
     start: str | None = None  # training from: 'base', or 'sft:<hash of the SFT job>'
     trained: str | None = None  # evaluation of a checkpoint: the hash of the job that trained it
-    same_as: str | None = None  # base pass@k already computed for another task's same problems: '<task>:<hash>'
+    same_as: str | None = None  # an evaluation already computed: '<task>/<run>:<hash>' of the record this one copies
+    run: str | None = None  # a sweep point's run id ('<sweep>/<setting>-<value>_…'); None: the method's own run
+    sweep: dict[str, Any] | None = None  # a sweep point's evaluation: the sweep's name and the point's settings
     methods: list[str] | None = None  # report: the trained methods
     no_verifier: list[str] | None = None  # report: tasks without an RLVR reward (their RLVR cells read n/a)
 
@@ -129,6 +155,11 @@ class Job:
     @property
     def layout(self) -> Layout:
         return Layout(self.results_dir, self.profile)
+
+    @property
+    def run_name(self) -> str | None:
+        """Where a training job's run lives and what its evaluations are called: the sweep point, else the method."""
+        return self.run or self.method
 
     def ebft_config(self) -> EBFTConfig:
         if self.ebft is None:
@@ -161,6 +192,7 @@ class Study:
 
     profile: Profile
     tasks: dict[str, Task] = field(default_factory=dict)
+    sweeps: dict[str, list[SweepPoint]] = field(default_factory=dict)  # per task, in grid order
 
     @property
     def layout(self) -> Layout:
@@ -180,8 +212,25 @@ class Study:
 
     @property
     def models(self) -> list[str]:
-        """The models the tasks use (each prepared once)."""
-        return sorted({t.model_name for t in self.tasks.values()})
+        """The models the tasks use, and the sweeps' warm starts (each prepared once)."""
+        starts = {p.warm_start for points in self.sweeps.values() for p in points if p.warm_start}
+        return sorted({t.model_name for t in self.tasks.values()} | starts)
+
+    def points(self, task: str) -> list[SweepPoint]:
+        """The sweep runs on ``task``, every sweep's points in grid order."""
+        return self.sweeps.get(task, [])
+
+    def point(self, task: str, run: str) -> SweepPoint | None:
+        return next((p for p in self.points(task) if p.id == run), None)
+
+    def runs(self, task: str) -> list[str]:
+        """Every trained run on ``task``: the methods', then the sweep points' that are not a method's run."""
+        return [*self.trained(task), *(p.id for p in self.points(task) if not p.same_as)]
+
+    def checkpoint_of(self, task: str, run: str) -> str:
+        """The run folder whose checkpoint ``run`` evaluates: its own, or the method's run a sweep point is."""
+        point = self.point(task, run)
+        return point.same_as if point is not None and point.same_as else run
 
     def trained(self, task: str) -> list[str]:
         """The methods trained on ``task``: RLVR only where the task has a verifiable reward."""
@@ -189,7 +238,9 @@ class Study:
         return [m for m in self.profile.methods if m != "rlvr" or has_reward]
 
     def evaluated(self, task: str) -> list[str]:
-        return ["base", *self.trained(task)]
+        """What is evaluated on ``task``: the base model, every method's run and every sweep point (one that is a
+        method's run copies that run's records)."""
+        return ["base", *self.trained(task), *(p.id for p in self.points(task))]
 
     @property
     def code_ks(self) -> list[int]:
@@ -208,9 +259,12 @@ class Study:
             return []
         return [t for t, spec in self.tasks.items() if spec.reward == "none"]
 
-    def start(self, task: str) -> str:
-        """EBFT's and RLVR's starting point: 'base', or 'sft:<hash>' of the task's SFT job."""
-        if self.task(task).ebft.init == "sft":
+    def start(self, task: str, point: SweepPoint | None = None) -> str:
+        """EBFT's and RLVR's starting point: 'base', 'sft:<hash>' of the task's SFT job, or for a sweep point with a
+        warm start 'model:<name>'."""
+        if point is not None and point.warm_start:
+            return f"model:{point.warm_start}"
+        if (point.ebft if point is not None else self.task(task).ebft).init == "sft":
             return f"sft:{self.job('train', task=task, method='sft').hash}"
         return "base"
 
@@ -238,6 +292,12 @@ class Study:
         raise ValueError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
 
     def _train_job(self, base: dict, spec: Task, method: str | None) -> Job:
+        point = self.point(spec.name, method)
+        if point is not None and point.same_as:
+            return self._train_job(base, spec, point.same_as)  # the method's run is this point
+        if point is not None:
+            return Job(**base, method="ebft", finetune=self.profile.finetune, ebft=plain(point.ebft),
+                       start=self.start(spec.name, point), run=point.id)  # fmt: skip
         if method not in METHODS:
             raise UserError(f"training method {method!r} is not available; choose one of {', '.join(METHODS)}.")
         if method == "rlvr" and spec.reward == "none":
@@ -254,19 +314,33 @@ class Study:
                    start=start)  # fmt: skip
 
     def _eval_job(self, base: dict, spec: Task, method: str | None, kind: str | None) -> Job:
+        job = self._eval_settings(base, spec, method, kind)
+        point = self.point(spec.name, method)
+        if point is not None and point.same_as:  # the method's run is this point: its records, relabelled
+            source = self.job("eval", task=spec.name, method=point.same_as, kind=kind)
+            job.same_as = f"{spec.name}/{point.same_as}:{source.hash}"
+        return job
+
+    def _eval_settings(self, base: dict, spec: Task, method: str | None, kind: str | None) -> Job:
         if kind not in EVAL_KINDS:
             raise UserError(f"evaluation {kind!r} is not available; choose 'ce' (validation cross-entropy), "
                             f"'fm' (held-out feature-matching loss) or 'code' (pass@k).")  # fmt: skip
-        if method != "base" and method not in METHODS:
-            raise UserError(f"method {method!r} is not available; choose 'base' or one of {', '.join(METHODS)}.")
+        point = self.point(spec.name, method)
+        if method != "base" and method not in METHODS and point is None:
+            raise UserError(f"method {method!r} is not available; choose 'base' or one of {', '.join(METHODS)}, or a "
+                            f"sweep run of {spec.name} ({len(self.points(spec.name))} in this profile).")  # fmt: skip
         trained = None if method == "base" else self.job("train", task=spec.name, method=method).hash
         job = {**base, "method": method, "kind": kind, "trained": trained}
+        if point is not None:
+            job["run"], job["sweep"] = point.id, {"name": point.sweep, **point.settings}
+            job["method"] = "ebft"
         ev = spec.eval
+        ebft_cfg = point.ebft if point is not None else spec.ebft
         if kind == "ce":
             return Job(**job, ce=ev.ce)
         if kind == "fm":
             fields = FM_EBFT_FIELDS + (("whitening",) if ev.fm.whitened else ())  # whitening only decides the variant
-            return Job(**job, fm=ev.fm, ebft={k: getattr(spec.ebft, k) for k in fields})
+            return Job(**job, fm=ev.fm, ebft={k: getattr(ebft_cfg, k) for k in fields})
         if kind == "translation":
             if spec.translation_eval == "none":
                 raise UserError(f"{spec.name} has no translation evaluation (tasks.{spec.name}.translation_eval is "
@@ -278,7 +352,7 @@ class Study:
         code = Job(**job, code=ev.code, code_eval=spec.code_eval, prompt_format=spec.model.prompt_format)
         owner = self.base_code_owner(spec.name) if method == "base" else spec.name
         if owner != spec.name:
-            code.same_as = f"{owner}:{self.job('eval', task=owner, method='base', kind='code').hash}"
+            code.same_as = f"{owner}/base:{self.job('eval', task=owner, method='base', kind='code').hash}"
         return code
 
     def code_problem_set(self, task: str) -> dict:
@@ -309,6 +383,54 @@ class Study:
         return next(t for t in self.tasks if self.tasks[t].code_eval != "none" and key(t) == key(task))
 
 
+def _sweep_points(profile: Profile, tasks: dict[str, Task]) -> dict[str, list[SweepPoint]]:
+    """Every sweep's points per task, each point's EBFT settings typed and checked like a task's."""
+    import itertools
+    import re
+
+    points: dict[str, list[SweepPoint]] = {}
+    for name, sweep in profile.sweeps.items():
+        where = f"sweeps.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{where}: a sweep's name must be letters, digits, '_', '.' or '-'; rename it.")
+        covered = sweep.tasks if sweep.tasks is not None else list(tasks)
+        for task in covered:
+            if task not in tasks:
+                raise ConfigError(f"{where}.tasks lists {task!r}, which is not a task of this profile (tasks: "
+                                  f"{', '.join(tasks)}); fix the name.")  # fmt: skip
+        for task, model in (sweep.warm_start or {}).items():
+            if model not in profile.models:
+                raise ConfigError(f"{where}.warm_start.{task} is {model!r}, which is not defined under 'models' "
+                                  f"(defined: {', '.join(profile.models)}); add it or fix the name.")  # fmt: skip
+        keys = list(sweep.grid)
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            settings = dict(zip(keys, values, strict=True))
+            run = point_id(name, settings)
+            if not re.fullmatch(r"[A-Za-z0-9_.+=/-]+", run):
+                raise ConfigError(f"{where}: the run {run!r} would not make a folder name; sweep plain numbers, "
+                                  f"words and lists of them.")  # fmt: skip
+            for task in covered:
+                spec = tasks[task]
+                merged = deep_merge(deep_merge(plain(spec.ebft), sweep.ebft or {}), settings)
+                ebft = build(EBFTConfig, merged, where)
+                try:
+                    layout.num_blocks(spec.chunk_length, ebft.c, ebft.s, ebft.G)
+                except ValueError as e:
+                    raise ConfigError(f"{where}: the run {run} does not fit {task}'s chunks ({e}); change its "
+                                      f"grid.") from None  # fmt: skip
+                if ebft.init == "sft" and not (sweep.warm_start or {}).get(task) and "sft" not in profile.methods:
+                    raise ConfigError(f"{where} starts from SFT (init: sft) but methods does not list sft; add it, or "
+                                      f"give warm_start.{task}.")  # fmt: skip
+                warm = (sweep.warm_start or {}).get(task)
+                same = "ebft" if "ebft" in profile.methods and not warm and plain(ebft) == plain(spec.ebft) else None
+                points.setdefault(task, []).append(SweepPoint(run, name, settings, ebft, warm, same))
+    for task, runs in points.items():
+        ids = [p.id for p in runs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"two sweeps give {task} the same run; give the sweeps different names or grids.")
+    return points
+
+
 def load_study(raw: dict) -> Study:
     """Type a raw profile and resolve its tasks; every mistake is one ConfigError sentence naming the key."""
     if not isinstance(raw, dict):
@@ -337,7 +459,7 @@ def load_study(raw: dict) -> Study:
                            chunk_length=tc.chunk_length, reward=tc.reward, code_eval=tc.code_eval,
                            translation_eval=tc.translation_eval,
                            **merged)  # fmt: skip
-    study = Study(profile, tasks)
+    study = Study(profile, tasks, _sweep_points(profile, tasks))
     if "rlvr" in profile.methods and not any(t.reward != "none" for t in tasks.values()):
         raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")
     for name, spec in tasks.items():

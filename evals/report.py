@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ebft.errors import UserError
@@ -47,17 +48,34 @@ def collect(eval_files: list[Path], profile: str, no_verifier: list[str] = ()) -
         if rec.get("profile", profile) != profile:
             raise UserError(f"{path} is a record of profile {rec['profile']!r}, not {profile!r}; collect each "
                             f"profile's records with its own --config.")  # fmt: skip
+        sweep = _sweep_columns(rec.get("sweep"))
         for m in rec["metrics"]:
             rows.append({"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
                          "value": m["value"], "n": m["n"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
                          "config_hash": rec["config_hash"], "git_sha": rec["git_sha"],
-                         "note": m.get("note", "")})  # fmt: skip
+                         "note": m.get("note", ""), **sweep})  # fmt: skip
     for task in no_verifier:
         for metric in sorted({r["metric"] for r in rows if r["task"] == task}):
             rows.append({"profile": profile, "task": task, "method": "rlvr", "metric": metric, "value": float("nan"),
                          "n": 0, "ci_low": float("nan"), "ci_high": float("nan"), "config_hash": "", "git_sha": "",
                          "note": NO_VERIFIER})  # fmt: skip
-    return _ordered(pd.DataFrame(rows, columns=COLUMNS))
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))  # a sweep's name and settings
+    return _ordered(pd.DataFrame(rows, columns=COLUMNS + extra))
+
+
+def _sweep_columns(sweep: dict | None) -> dict:
+    """A sweep run's columns: ``sweep`` (its name) and one per swept setting (lists joined by '+')."""
+    if not sweep:
+        return {}
+    text = {k: "+".join(map(str, v)) if isinstance(v, list) else v for k, v in sweep.items() if k != "name"}
+    return {"sweep": sweep["name"], **{f"sweep.{k}": v for k, v in text.items()}}
+
+
+def main_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The methods' rows, without the sweep runs' (the main table, its figures and the claims compare methods)."""
+    if "sweep" not in df.columns:
+        return df
+    return df[df["sweep"].isna() | (df["sweep"] == "")].reset_index(drop=True)
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -83,6 +101,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
             "config_hash": str,
             "git_sha": str,
             "note": str,
+            "sweep": str,
         },
     )  # fmt: skip  (a hash of digits only must stay a string)
     if "note" not in df.columns:  # written before notes existed
@@ -311,18 +330,79 @@ def plot_directions(df: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_sweep(df: pd.DataFrame, sweep: str, path: Path) -> None:
+    """A sweep's ablation figure: per task (rows) and metric (columns: validation CE, the first downstream metric, the
+    FM loss), each run's value with its 95 % interval against the first swept setting, a line per combination of the
+    others; the methods' EBFT, SFT and base values as dashed references."""
+    plt = _pyplot()
+    rows = df[(df.get("sweep") == sweep) & df["value"].notna()]
+    if rows.empty:
+        raise UserError(f"the results have no rows of sweep {sweep!r}; run its evaluations first.")
+    keys = [c for c in df.columns if c.startswith("sweep.") and rows[c].notna().any()]
+    varying = [k for k in keys if rows[k].nunique() > 1] or keys
+    x_key, series_keys = varying[0], [k for k in varying[1:]]
+    tasks = _present(rows["task"], TASK_ORDER)
+    names = set(rows["metric"])
+    down = [m for m in metric_order(names) if metrics.metric(m).kind in metrics.DOWNSTREAM_KINDS]
+    columns = [m for m in ["val_ce", *down[:1], "fm_loss"] if m in names]
+    fig, axes = plt.subplots(len(tasks), len(columns), figsize=(3.4 * len(columns) + 1.6, 2.9 * len(tasks)),
+                             squeeze=False)  # fmt: skip
+    reference = main_rows(df)
+    for i, task in enumerate(tasks):
+        for j, metric in enumerate(columns):
+            ax = axes[i][j]
+            sub = rows[(rows["task"] == task) & (rows["metric"] == metric)]
+            values = sorted(sub[x_key].unique(), key=_sortable)
+            xs = {v: k for k, v in enumerate(values)}
+            groups = sub.groupby(series_keys, dropna=False) if series_keys else [((), sub)]
+            for g, (label, part) in enumerate(groups):
+                part = part.sort_values(x_key, key=lambda col: col.map(_sortable))
+                name = ", ".join(f"{k.removeprefix('sweep.')} {v}" for k, v in zip(series_keys, np.atleast_1d(label),
+                                                                                  strict=True)) or sweep  # fmt: skip
+                offset = (g - (len(groups) - 1) / 2) * 0.06
+                ax.errorbar([xs[v] + offset for v in part[x_key]], part["value"],
+                            yerr=[part["value"] - part["ci_low"], part["ci_high"] - part["value"]], fmt="o-",
+                            capsize=3, label=name)  # fmt: skip
+            for method, color, dash in (("ebft", "0.2", "--"), ("sft", "0.45", ":"), ("base", "0.65", "-.")):
+                hit = reference[(reference["task"] == task) & (reference["method"] == method)
+                                & (reference["metric"] == metric) & reference["value"].notna()]  # fmt: skip
+                if not hit.empty:
+                    ax.axhline(hit.iloc[0].value, ls=dash, lw=1, color=color, label=f"{method} (method)")
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+            ax.set_xlabel(x_key.removeprefix("sweep."))
+            ax.set_title(f"{task}: {metrics.metric(metric).short or metric}", fontsize=9)
+            ax.spines[["top", "right"]].set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_size_inches()[0], 1))
+    _save(fig, path)
+
+
+def _sortable(value):
+    """Numbers in numeric order before words."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
 def figure_drawers(df: pd.DataFrame, curves: pd.DataFrame | None = None) -> dict[str, Callable[[Path], None]]:
     """Every figure these results give, by file stem: one per drawn metric, the summary figures and, with curves,
     the training curves. Each draws from the collected tables alone."""
     from ebft.paths import figure_name
 
     drawers = {}
-    for name in metric_order(df["metric"]):
+    methods = main_rows(df)
+    for name in metric_order(methods["metric"]):
         if metrics.metric(name).figure:
-            drawers[figure_name(name).removesuffix(".png")] = partial(plot_metric, df, name)
-    kinds = {metrics.metric(m).kind for m in df["metric"]}
+            drawers[figure_name(name).removesuffix(".png")] = partial(plot_metric, methods, name)
+    kinds = {metrics.metric(m).kind for m in methods["metric"]}
     for name in metrics.summary_figures(kinds):
-        drawers[name] = partial({"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name], df)
+        drawers[name] = partial({"tradeoff": plot_tradeoff, "translation_directions": plot_directions}[name], methods)
+    if "sweep" in df.columns:
+        for sweep in sorted(df["sweep"].dropna().unique()):
+            if sweep:
+                drawers[f"sweep_{sweep}"] = partial(plot_sweep, df, sweep)
     if curves is not None and not curves.empty:
         from evals.curves import plot_curves
 
@@ -348,12 +428,13 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
             if path is not None and frame is not None:
                 atomic_write(Path(path), frame.to_csv(index=False))
     if "tables" in wanted:
-        atomic_write(Path(table), markdown_tables(df))
-        atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(df))
+        methods = main_rows(df)
+        atomic_write(Path(table), markdown_tables(methods))
+        atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(methods))
         if units is not None and claims_table is not None:
             from evals.claims import claims, claims_markdown, differences
 
-            atomic_write(Path(claims_table), claims_markdown(claims(df, units), differences(units)))
+            atomic_write(Path(claims_table), claims_markdown(claims(methods, units), differences(units)))
     written = []
     for name, draw in drawers.items():
         if name in wanted:

@@ -70,7 +70,7 @@ def test_a_shared_base_code_evaluation_copies_only_a_matching_record(capsys, tmp
 
     monkeypatch.chdir(tmp_path)
     argv = ["eval", "--config", SMOKE, "--kind", "code", "--task", "unstructured_code", "--method", "base"]
-    assert "evaluate qa_code's base model first" in refused(capsys, argv)
+    assert "is qa_code/base's, and" in refused(capsys, argv)
     study = read_study(SMOKE)
     owner = study.layout.eval_file("code", "qa_code", "base")
     owner.parent.mkdir(parents=True)
@@ -79,7 +79,7 @@ def test_a_shared_base_code_evaluation_copies_only_a_matching_record(capsys, tmp
     record = {"profile": "smoke", "task": "qa_code", "method": "base", "metrics": [row],
               "config_hash": study.job("eval", task="qa_code", method="base", kind="code").hash}  # fmt: skip
     owner.with_name("base.samples.jsonl").write_text('{"problem": "HumanEval/0"}\n')
-    for stale, sentence in ((dict(config_hash="0" * 12), "rerun qa_code's base code evaluation first"),
+    for stale, sentence in ((dict(config_hash="0" * 12), "rerun qa_code/base's code evaluation first"),
                             (dict(metrics=[{**row, "unit_ids": ids[::-1]}]), "scored other problems")):  # fmt: skip
         owner.write_text(json.dumps({**record, **stale}))
         assert sentence in refused(capsys, argv)
@@ -90,6 +90,15 @@ def test_a_shared_base_code_evaluation_copies_only_a_matching_record(capsys, tmp
     assert copied["metrics"] == [row] and copied["task"] == "unstructured_code" and copied["config_hash"] == job.hash
     assert copied["same_as"] == job.same_as
     assert study.layout.samples_file("unstructured_code", "base").read_text() == '{"problem": "HumanEval/0"}\n'
+
+
+def test_a_sweep_run_is_named_with_method_ebft(capsys):
+    line = refused(capsys, ["train", "--config", SMOKE, "--task", "unstructured_code", "--method", "sft", "--run",
+                            "ablate/whitening-none"])  # fmt: skip
+    assert "--run names an EBFT sweep run, but --method is 'sft'; pass --method ebft" in line
+    line = refused(capsys, ["eval", "--config", SMOKE, "--kind", "ce", "--task", "qa_code", "--method", "ebft",
+                            "--run", "ablate/whitening-none"])  # fmt: skip
+    assert "or a sweep run of qa_code (0 in this profile)" in line
 
 
 def test_a_yaml_syntax_error_names_the_file_line_and_column(capsys, tmp_path):

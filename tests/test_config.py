@@ -1,6 +1,7 @@
 """The one reader of the configuration: typed sections, their bounds, the generated schema, and resolved jobs."""
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -225,7 +226,9 @@ def test_the_base_model_is_evaluated_once_per_problem_set():
     study = load_study(raw)
     owner = study.job("eval", task="qa_code", method="base", kind="code")
     assert owner.same_as is None
-    assert study.job("eval", task="unstructured_code", method="base", kind="code").same_as == f"qa_code:{owner.hash}"
+    assert (
+        study.job("eval", task="unstructured_code", method="base", kind="code").same_as == f"qa_code/base:{owner.hash}"
+    )
     assert study.job("eval", task="unstructured_code", method="sft", kind="code").same_as is None
     assert study.job("eval", task="unstructured_code", method="base", kind="ce").same_as is None
     for change in ({"human_eval_heldout": None}, {"human_eval_heldout": 32}):  # all 164, or another split
@@ -280,3 +283,66 @@ def test_no_module_reads_the_raw_profile_but_the_resolver():
         if 'config["' in text or "config.get(" in text or "raw.get(" in text or "read_profile_file" in text:
             readers.append(path.name)
     assert readers == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_paper_sweeps_are_27_ebft_runs_per_task_one_of_them_the_ebft_run():
+    study = load_study(profile("paper"))
+    for task in study.tasks:
+        points = study.points(task)
+        assert len(points) == 27 and len({p.id for p in points}) == 27
+        same = [p for p in points if p.same_as]
+        assert [p.id for p in same] == ["set1/whitening-released_gamma-0.03_beta-0.0"]
+        assert study.job("train", task=task, method=same[0].id) == study.job("train", task=task, method="ebft")
+    point = study.point("qa_code", "set2/whitening-released_gamma-0.1_beta-1.0")
+    job = study.job("train", task="qa_code", method=point.id)
+    assert job.run == point.id and job.method == "ebft" and job.start.startswith("sft:")
+    assert (job.ebft["gamma"], job.ebft["beta"], job.ebft["epochs"], job.ebft["whitening"]) == (0.1, 1.0, 1, "released")
+    evaluation = study.job("eval", task="qa_code", method=point.id, kind="ce")
+    assert evaluation.trained == job.hash and evaluation.sweep == {"name": "set2", "whitening": "released",
+                                                                   "gamma": 0.1, "beta": 1.0}  # fmt: skip
+    copied = study.job("eval", task="qa_code", method=same[0].id, kind="fm")
+    assert copied.same_as == f"qa_code/ebft:{study.job('eval', task='qa_code', method='ebft', kind='fm').hash}"
+
+
+def test_a_sweep_can_start_from_a_declared_model_such_as_a_released_sft_checkpoint():
+    raw = profile("cpu")
+    raw["models"]["sft_released"] = {"source": "some/released-sft"}
+    raw["sweeps"] = {
+        "warm": {"tasks": ["qa_code"], "grid": {"gamma": [0.0]}, "warm_start": {"qa_code": "sft_released"}}
+    }
+    study = load_study(raw)
+    assert "sft_released" in study.models  # prepared like the tasks' models
+    assert study.job("train", task="qa_code", method="warm/gamma-0.0").start == "model:sft_released"
+    assert study.points("translation") == []
+
+
+@pytest.mark.parametrize(
+    "sweep,expected",
+    [
+        ({"grid": {"gama": [0.1]}}, "unknown config key 'sweeps.s.gama'"),
+        ({"grid": {}}, "config key 'sweeps.s.grid' is {}; it must map at least one EBFT setting"),
+        ({"grid": {"gamma": [0.1]}, "tasks": ["qa"]}, "sweeps.s.tasks lists 'qa', which is not a task"),
+        ({"grid": {"gamma": [0.1]}, "warm_start": {"qa_code": "nope"}}, "sweeps.s.warm_start.qa_code is 'nope'"),
+        ({"grid": {"c": [7]}}, "sweeps.s: the run s/c-7 does not fit"),
+        ({"grid": {"whitening": ["bad"]}}, "config key 'sweeps.s.whitening' is 'bad'"),
+        ({"grid": {"feature_layers": [["a/b"]]}}, "config key 'sweeps.s.feature_layers[0]' must be a number"),
+    ],
+)
+def test_a_bad_sweep_is_one_sentence(sweep, expected):
+    raw = profile("cpu")
+    raw["sweeps"] = {"s": sweep}
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_study(raw)
+
+
+def test_a_sweep_from_sft_needs_the_sft_method():
+    raw = profile("cpu")
+    raw["methods"] = ["ebft"]
+    raw["sweeps"] = {"s": {"grid": {"gamma": [0.1]}, "ebft": {"init": "sft"}}}
+    with pytest.raises(ConfigError, match="sweeps.s starts from SFT .* but methods does not list sft"):
+        load_study(raw)

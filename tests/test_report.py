@@ -235,3 +235,35 @@ def test_training_curves_are_collected_and_redrawn_from_curves_csv(tmp_path, cli
                           capture_output=True, text=True, env=cli_env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert figure.read_bytes() == first  # from curves.csv alone
+
+
+def test_sweep_runs_land_in_the_tidy_table_with_their_settings_and_get_an_ablation_figure(tmp_path):
+    """A sweep run's record carries its sweep and settings: metrics.csv gets them as columns (and survives the CSV
+    round trip); the main table, its figures and the claims keep to the methods; the sweep gets its own figure."""
+    files = [eval_record(tmp_path / f"{m}.json", "qa_code", m, v) for m, v in [("base", 1.8), ("sft", 1.5),
+                                                                                ("ebft", 1.6)]]  # fmt: skip
+    for i, (whitening, gamma, value) in enumerate([("paper", 0.0, 1.7), ("paper", 0.1, 1.6), ("none", 0.0, 1.75),
+                                                   ("none", 0.1, 1.65)]):  # fmt: skip
+        for metric, v in (("val_ce", value), ("pass@1", value / 10)):
+            path = eval_record(tmp_path / f"s{i}_{metric}.json", "qa_code", f"ab/whitening-{whitening}_gamma-{gamma}",
+                               v, metric)  # fmt: skip
+            rec = json.loads(path.read_text())
+            rec["sweep"] = {"name": "ab", "whitening": whitening, "gamma": gamma}
+            path.write_text(json.dumps(rec))
+            files.append(path)
+    df = collect(files, "cpu")
+    assert list(df.columns)[-3:] == ["sweep", "sweep.whitening", "sweep.gamma"]
+    sweep_rows = df[df["sweep"] == "ab"]
+    assert len(sweep_rows) == 8 and set(sweep_rows["sweep.gamma"]) == {0.0, 0.1}
+    out = {"metrics_csv": tmp_path / "r/metrics.csv", "table": tmp_path / "r/tables/main.md",
+           "figures_dir": tmp_path / "r/figures"}  # fmt: skip
+    written = write_outputs(df, **out)
+    assert tmp_path / "r/figures/sweep_ab.png" in written
+    assert (tmp_path / "r/figures/sweep_ab.png").stat().st_size > 1000
+    table = (tmp_path / "r/tables/main.md").read_text()
+    assert "ab/" not in table and "| ebft |" in table
+    again = read_metrics(tmp_path / "r/metrics.csv")
+    assert len(again[again["sweep"] == "ab"]) == 8 and again["sweep"].fillna("").eq("").sum() == 3
+    assert write_outputs(again, **{**out, "metrics_csv": None}, only=["sweep_ab"]) == [
+        tmp_path / "r/figures/sweep_ab.png"
+    ]

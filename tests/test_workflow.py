@@ -33,36 +33,29 @@ def job_stats(output: str) -> dict[str, int]:
 
 FIGURES = ["val_ce", "fm_loss", "pass_at_1", "tradeoff", "training_curves"]
 TRANSLATION_FIGURES = ["bleu", "chrf", "translation_directions"]
+# per profile: prepared models, and the evaluations of each kind (base, the methods' runs and the sweep runs)
+DAGS = {
+    "cpu": ({"prepare_model": 1, "eval_ce": 11, "eval_fm": 11, "eval_code": 7, "eval_translation": 4},
+            [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES]),
+    # a sweep of two runs on unstructured_code, one of which is the ebft run (copied, not retrained)
+    "smoke": ({"prepare_model": 1, "train_sweep": 1, "eval_ce": 13, "eval_fm": 13, "eval_code": 9,
+               "eval_translation": 4}, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES, "sweep_ablate"]),
+    # the paper's 27 EBFT runs per task, 81 in all: the 3 ebft runs and 78 sweep runs
+    "paper": ({"prepare_model": 2, "train_sweep": 78, "eval_ce": 92, "eval_fm": 92, "eval_code": 61,
+               "eval_translation": 31}, [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES, "sweep_set1", "sweep_set2"]),
+}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "profile,models,translation,figures",
-    [("cpu", 1, 4, [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES]),
-     ("smoke", 1, 4, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES]),
-     ("paper", 2, 0, [*FIGURES, "pass_at_4"])],
-)  # fmt: skip
-def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile, models, translation, figures):
+@pytest.mark.parametrize("profile", list(DAGS))
+def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
+    counts, figures = DAGS[profile]
     assert {rule for rule in stats if rule.startswith("figure_")} == {f"figure_{name}" for name in figures}
     assert all(stats.pop(f"figure_{name}") == 1 for name in figures)  # one job per figure
-    # RLVR on the two tasks with a verifier (qa_code, translation); pass@k on the two code tasks for every
-    # checkpoint: base, sft, ebft on both, rlvr on qa_code only; BLEU/chrF++ for the four translation models where the
-    # profile sets translation_eval
-    expected = {
-        "prepare_model": models,
-        "prepare_data": 3,
-        "train_sft": 3,
-        "train_ebft": 3,
-        "train_rlvr": 2,
-        "eval_ce": 11,
-        "eval_fm": 11,
-        "eval_code": 7,
-        "eval_translation": translation,
-        "collect": 1,
-        "tables": 1,
-        "all": 1,
-    }
-    assert stats == {k: v for k, v in expected.items() if v}
+    # RLVR on the two tasks with a verifier (qa_code, translation)
+    expected = {"prepare_data": 3, "train_sft": 3, "train_ebft": 3, "train_rlvr": 2, "collect": 1, "tables": 1,
+                "all": 1, **counts}  # fmt: skip
+    assert stats == expected
 
 
 def test_a_per_task_sft_init_makes_that_tasks_ebft_and_rlvr_start_from_its_sft_checkpoint(tmp_path, cli_env):
@@ -96,10 +89,20 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     # 2. The whole DAG completes and reports base, SFT, RLVR and EBFT on every task; RLVR on unstructured code is
     # "n/a (no verifier)"; pass@k on both code tasks.
     snakemake(cli_env, tmp_path)
-    df = pd.read_csv(root / "metrics.csv", keep_default_na=False, na_values=[""])
+    everything = pd.read_csv(root / "metrics.csv", keep_default_na=False, na_values=[""])
+    sweep = everything[everything["sweep"].notna()]
+    df = everything[everything["sweep"].isna()]
     assert set(zip(df.task, df.method, strict=True)) == {
         (t, m) for t in ("qa_code", "unstructured_code", "translation") for m in ("base", "sft", "ebft", "rlvr")
     }
+    # the sweep: two runs on unstructured_code with their setting as a column; the one that is the ebft run has the
+    # ebft run's values (its records are copied, not recomputed)
+    assert set(zip(sweep.method, sweep["sweep.whitening"], strict=True)) == {
+        ("ablate/whitening-paper", "paper"), ("ablate/whitening-none", "none")}  # fmt: skip
+    assert set(sweep.task) == {"unstructured_code"} and not (root / "runs/ablate/whitening-paper").exists()
+    same = sweep[sweep.method == "ablate/whitening-paper"].set_index("metric")["value"]
+    ebft = df[(df.task == "unstructured_code") & (df.method == "ebft")].set_index("metric")["value"]
+    assert same.to_dict() == ebft.to_dict()
     translation = {
         f"{score}{decoding}{group}"
         for score in ("bleu", "chrf")
@@ -133,12 +136,12 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     units = pd.read_csv(root / "units.csv")
     assert {"val_ce", "fm_loss", "pass@1", "bleu", "chrf_greedy"} <= set(units.metric)
     assert set(pd.read_csv(root / "curves.csv").method) == {"sft", "ebft", "rlvr"}
-    figures = [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES]
+    figures = DAGS["smoke"][1]
     assert sorted(p.stem for p in (root / "figures").iterdir()) == sorted(figures)
     for figure in figures:
         assert (root / f"figures/{figure}.png").stat().st_size > 1000
     shared = json.loads((root / "eval/code/unstructured_code/base.json").read_text())  # the base model scored once
-    assert shared["same_as"].startswith("qa_code:") and shared["metrics"] == json.loads(
+    assert shared["same_as"].startswith("qa_code/base:") and shared["metrics"] == json.loads(
         (root / "eval/code/qa_code/base.json").read_text())["metrics"]  # fmt: skip
     samples = (root / "eval/code/qa_code/rlvr.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # max_problems × n
@@ -235,6 +238,7 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     shutil.copytree(REPO / "profiles", work / "profiles")
     raw = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     raw["tasks"] = {"qa_code": raw["tasks"]["qa_code"]}
+    raw.pop("sweeps")  # its sweep is on unstructured_code
     raw["ebft"].update(max_steps=6, checkpoint_every=1)
     (work / "profile.yaml").write_text(yaml.safe_dump(raw))
 
@@ -295,6 +299,19 @@ def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_repo
     from evals.metrics import figure_metrics, summary_figures
 
     kinds = {"ce", "fm", "code", "translation"}
-    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds) + ["training_curves"]:
-        stem = "pass_at_k" if metric.startswith("pass@") else metric
+    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds) + ["training_curves", "sweep_any"]:
+        stem = "pass_at_k" if metric.startswith("pass@") else "sweep" if metric.startswith("sweep_") else metric
         assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric
+
+
+def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_env):
+    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` on a machine without SLURM: every job
+    is planned, the training jobs with a GPU each, their partition, memory and time."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+           "--config", f"results_dir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert job_stats(out)["train_sweep"] == 78
+    block = out.split("rule train_ebft:", 1)[1].split("Shell command:", 1)[0]
+    assert "slurm_partition=gpu" in block and "gpu=1" in block and "runtime=2880" in block

@@ -1,6 +1,7 @@
 # The study as the resolver reads it (ebft.resolve): the only place the raw profile is read. Rules ask it which tasks,
 # methods, evaluations and files exist, and pass each job's resolved settings to the `ebft` CLI as JSON (`--job`):
 # a job reruns when, and only when, a setting that defines it changes (Snakemake's params rerun trigger).
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,9 +23,14 @@ L = STUDY.layout
 TASKS = list(STUDY.tasks)
 
 
+SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task)})  # evaluated as runs/<sweep>/<point>/<task>
+TRAINED_SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task) if not p.same_as})
+
+
 wildcard_constraints:
     task="|".join(TASKS),
-    method="|".join(["base", *STUDY.profile.methods]),
+    method="|".join(re.escape(m) for m in ["base", *STUDY.profile.methods, *SWEEP_RUNS]),
+    run="|".join(re.escape(r) for r in TRAINED_SWEEP_RUNS) or "(?!)",
     model="|".join(STUDY.models),
 
 
@@ -51,25 +57,56 @@ def task_base_model(wildcards):
 
 
 def start_model(wildcards):
-    """EBFT's and RLVR's starting policy: the base model, or the task's SFT checkpoint when its ebft.init is 'sft'."""
-    if STUDY.task(wildcards.task).ebft.init == "sft":
+    """EBFT's and RLVR's starting policy: the base model, the task's SFT checkpoint when its ebft.init is 'sft', or
+    for a sweep run its own start (a warm-start model, SFT or the base model)."""
+    start = STUDY.start(wildcards.task, STUDY.point(wildcards.task, getattr(wildcards, "run", None)))
+    if start.startswith("sft:"):
         return L.checkpoint("sft", wildcards.task)
+    if start.startswith("model:"):
+        return L.model_dir(start.split(":", 1)[1])
     return task_base_model(wildcards)
+
+
+def run_job(wildcards):
+    """The params function of train_sweep: one sweep run's resolved settings."""
+    return STUDY.job("train", task=wildcards.task, method=wildcards.run).to_json()
+
+
+def cli_method(wildcards):
+    """How an evaluation names what it scores: --method, and for a sweep run --method ebft --run <id>."""
+    if wildcards.method in SWEEP_RUNS:
+        return f"--method ebft --run {shlex.quote(wildcards.method)}"
+    return f"--method {wildcards.method}"
 
 
 def eval_model(wildcards):
     if wildcards.method == "base":
         return task_base_model(wildcards)
-    return L.checkpoint(wildcards.method, wildcards.task)
+    return L.checkpoint(STUDY.checkpoint_of(wildcards.task, wildcards.method), wildcards.task)
 
 
-def base_code_source(wildcards):
-    """The base model is evaluated once per problem set: a task whose problems another task's base record already
-    scored copies that record (and waits for it); otherwise nothing."""
-    if wildcards.method != "base":
-        return []
-    owner = STUDY.base_code_owner(wildcards.task)
-    return [] if owner == wildcards.task else [L.eval_file("code", owner, "base"), L.samples_file(owner, "base")]
+def copied_from(kind):
+    """An evaluation the study has already computed elsewhere (the base model's pass@k on problems another task
+    shares; the records of the method's run a sweep point is): the record and samples it copies, and waits for."""
+
+    def inputs(wildcards):
+        job = STUDY.job("eval", task=wildcards.task, method=wildcards.method, kind=kind)
+        if not job.same_as:
+            return []
+        task, run = job.same_as.split(":", 1)[0].split("/", 1)
+        return [L.eval_file(kind, task, run)] + ([L.samples_file(task, run, kind)] if kind in ("code", "translation")
+                                                 else [])  # fmt: skip
+
+    return inputs
+
+
+def same_as_flag(wildcards, input):
+    return f"--same-as {shlex.quote(input.same_as[0])}" if input.same_as else ""
+
+
+def eval_threads(kind):
+    """Every core for a real evaluation (model jobs run one after another on a small machine); one for a copy."""
+    return lambda wildcards: 1 if copied_from(kind)(wildcards) else workflow.cores
 
 
 def all_cores(wildcards):
@@ -91,6 +128,7 @@ def figures():
     """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
     kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
     names = figure_metrics(kinds, STUDY.code_ks) + summary_figures(kinds)
+    names += [f"sweep_{name}" for name in STUDY.profile.sweeps]  # the ablation figure of each sweep
     return [L.figure(m) for m in names + (["training_curves"] if train_metrics_files() else [])]
 
 
@@ -100,7 +138,7 @@ def study_products():
     products = [L.model_dir(m) for m in STUDY.models]
     for task in TASKS:
         products += [L.data_dir(task) / name for name in ("train.jsonl", "heldout.jsonl", "manifest.json")]
-        products += [L.checkpoint(m, task) for m in STUDY.trained(task)]
+        products += [L.checkpoint(m, task) for m in STUDY.runs(task)]
         for kind in [k for k in ("code", "translation") if k in STUDY.eval_kinds(task)]:
             products += [L.samples_file(task, m, kind) for m in STUDY.evaluated(task)]
     return products + eval_records()  # the report's files are asked for by `all` itself

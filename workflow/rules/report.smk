@@ -3,6 +3,8 @@
 
 
 def caption(figure):
+    if figure.stem.startswith("sweep_"):
+        return "sweep"  # one caption for every sweep's figure, naming it
     return "pass_at_k" if figure.stem.startswith("pass_at_") else figure.stem
 
 
@@ -53,6 +55,7 @@ for _figure in figures():
             figures=L.figures_dir,
         log:
             L.log("figure", _figure.stem),
+        localrule: True
         shell:
             "exec {EBFT} report --from-csv {input.csv} --figures {params.figures} --outputs {params.name} "
             "--stop-with-parent > {log} 2>&1"

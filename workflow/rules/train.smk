@@ -61,3 +61,25 @@ rule train_rlvr:
         "exec {EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
         "> {log} 2>&1"
+
+
+rule train_sweep:
+    input:
+        model=task_base_model,
+        start=start_model,
+        train=L.data_dir("{task}") / "train.jsonl",
+    output:
+        model=directory(L.checkpoint("{run}", "{task}")),
+        metrics=L.run_dir("{run}", "{task}") / "train_metrics.csv",
+        config=L.run_dir("{run}", "{task}") / "resolved_config.yaml",
+    params:
+        job=run_job,
+        data=lambda wildcards, input: Path(input.train).parent,
+        out=lambda wildcards, output: Path(output.metrics).parent,
+    log:
+        L.log("train_sweep", "{run}", "{task}"),
+    threads: all_cores
+    shell:
+        "exec {EBFT} train --method ebft --run {wildcards.run:q} --task {wildcards.task} --job {params.job:q} "
+        "--model-dir {input.model} --start-dir {input.start} --data-dir {params.data} --out {params.out} "
+        "--threads {threads} --stop-with-parent > {log} 2>&1"
