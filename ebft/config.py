@@ -161,6 +161,8 @@ class FinetuneConfig(Section):
     lora: LoraSettings = setting(factory=LoraSettings)
     model_dropout: float = setting(0.0, "every dropout probability of the model; 0 halves CPU step time",
                                    minimum=0, maximum=1)  # fmt: skip
+    gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward pass (SFT, "
+                                                  "EBFT and RLVR policies): less memory for more compute")  # fmt: skip
 
 
 @dataclass

@@ -210,7 +210,11 @@ def _loading(model_dir: Path, what: str):
 
 
 def make_trainable(model, cfg: FinetuneConfig):
-    """Wrap ``model`` with LoRA adapters (only they train) or leave every weight trainable."""
+    """Wrap ``model`` with LoRA adapters (only they train) or leave every weight trainable; with gradient
+    checkpointing, each layer's activations are recomputed in the backward pass (non-reentrant, so LoRA's frozen
+    inputs need no gradient). Sampling under ``torch.no_grad`` keeps its KV cache."""
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
