@@ -372,11 +372,13 @@ class Study:
 
     def base_code_owner(self, task: str) -> str:
         """The task whose base-model pass@k this task's is: the first task (in profile order) with the same problems,
-        model, prompt format and precision. The base model is evaluated once per problem set; the others copy."""
+        model, prompt format and code-evaluation settings (a task may override them: ``tasks.<t>.eval.code``). The
+        base model is evaluated once per problem set and settings; the others copy."""
 
         def key(name: str) -> tuple:
             spec = self.task(name)
-            return (config_hash(self.code_problem_set(name)), plain(spec.model.origin), spec.model.prompt_format)
+            return (config_hash(self.code_problem_set(name)), plain(spec.model.origin), spec.model.prompt_format,
+                    config_hash(plain(spec.eval.code)))  # fmt: skip
 
         if self.task(task).code_eval == "none":
             return task

@@ -235,6 +235,9 @@ def test_the_base_model_is_evaluated_once_per_problem_set():
         other = copy.deepcopy(raw)
         other["eval"]["code"].update(change)
         assert load_study(other).job("eval", task="unstructured_code", method="base", kind="code").same_as is None
+    other = copy.deepcopy(raw)  # the same problems sampled otherwise for one task: never the other task's record
+    other["tasks"]["unstructured_code"]["eval"] = {"code": {"temperature": 0.2}}
+    assert load_study(other).job("eval", task="unstructured_code", method="base", kind="code").same_as is None
     other = copy.deepcopy(raw)
     other["seed"] = 7  # both splits follow the seed: still one problem set
     assert load_study(other).base_code_owner("unstructured_code") == "qa_code"
