@@ -315,3 +315,57 @@ def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_
     assert job_stats(out)["train_sweep"] == 78
     block = out.split("rule train_ebft:", 1)[1].split("Shell command:", 1)[0]
     assert "slurm_partition=gpu" in block and "gpu=1" in block and "runtime=2880" in block
+
+
+FAKE_SLURM = {
+    # sbatch runs the job at once, in the foreground, and records its arguments and final state
+    "sbatch": """#!/bin/bash
+echo "$@" >> "$FAKE_SLURM/sbatch.log"
+id=$(( $(wc -l < "$FAKE_SLURM/sbatch.log") + 1000 ))
+prev=""; out=/dev/null
+for a in "$@"; do
+  case "$a" in --wrap=*) wrap="${a#--wrap=}";; esac
+  [ "$prev" = "--output" ] && out="${a//%j/$id}"; prev="$a"
+done
+mkdir -p "$(dirname "$out")"
+if bash -c "$wrap" > "$out" 2>&1; then state=COMPLETED; else state=FAILED; fi
+echo "$id|$state" >> "$FAKE_SLURM/states"
+echo "$id"
+""",
+    "sacct": '#!/bin/bash\ncat "$FAKE_SLURM/states" 2>/dev/null\n',
+    **{tool: "#!/bin/bash\n" for tool in ("squeue", "sinfo", "scontrol", "scancel")},  # present, silent
+    # srun drops its own options (the jobstep plugin writes them as -n1 or --opt=value) and runs the rest
+    "srun": """#!/bin/bash
+echo "srun $*" >> "$FAKE_SLURM/srun.log"
+while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
+exec "$@"
+""",
+}
+
+
+def test_the_slurm_profile_runs_a_training_job_through_sbatch_and_srun(tmp_path, cli_env):
+    """A real (not dry) run of the SLURM profile against stand-ins for sbatch, sacct and srun that run each job here.
+
+    Regression: under a cluster executor Snakemake has no --cores, and the rules that asked for "every core"
+    (prepare_model, run where Snakemake runs) failed before the first job was submitted, which a dry run (cores = 1)
+    never shows."""
+    fake = tmp_path / "slurm"
+    (fake / "bin").mkdir(parents=True)
+    for name, text in FAKE_SLURM.items():
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    env = {**cli_env, "FAKE_SLURM": str(fake), "PATH": f"{fake / 'bin'}:{cli_env['PATH']}"}
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "config/smoke.yaml",
+           "--config", f"results_dir={results}", "--slurm-init-seconds-before-status-checks", "1",
+           str(results / "smoke/runs/sft/qa_code/train_metrics.csv")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (results / "smoke/runs/sft/qa_code/train_metrics.csv").is_file()
+    assert (results / "smoke/models/tiny/config.json").is_file()  # prepare_model ran where Snakemake runs
+    submitted = (fake / "sbatch.log").read_text().splitlines()
+    assert len(submitted) == 1 and "rule_train_sft" in submitted[0], submitted  # only training went to the cluster
+    for option in ("-p gpu", "--mem 128000", "--cpus-per-task=16", "--gpus=1", "-t 720"):
+        assert option in submitted[0], option
+    assert (fake / "states").read_text().split("|")[1].strip() == "COMPLETED"
+    assert "--cpus-per-task=16" in (fake / "srun.log").read_text()

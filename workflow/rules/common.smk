@@ -1,12 +1,14 @@
 # The study as the resolver reads it (ebft.resolve): the only place the raw profile is read. Rules ask it which tasks,
 # methods, evaluations and files exist, and pass each job's resolved settings to the `ebft` CLI as JSON (`--job`):
 # a job reruns when, and only when, a setting that defines it changes (Snakemake's params rerun trigger).
+import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
 from ebft.errors import ConfigError
+from snakemake.exceptions import WorkflowError
 from ebft.resolve import load_study
 from evals.metrics import figure_metrics, summary_figures
 
@@ -106,12 +108,17 @@ def same_as_flag(wildcards, input):
 
 def eval_threads(kind):
     """Every core for a real evaluation (model jobs run one after another on a small machine); one for a copy."""
-    return lambda wildcards: 1 if copied_from(kind)(wildcards) else workflow.cores
+    return lambda wildcards: 1 if copied_from(kind)(wildcards) else all_cores(wildcards)
 
 
 def all_cores(wildcards):
-    """Model jobs take every core Snakemake was given (--cores); they run one after another on a small machine."""
-    return workflow.cores
+    """Model jobs take every core Snakemake was given (--cores); they run one after another on a small machine.
+    Under a cluster executor there is no --cores: a job the profile's set-threads does not size (the local rules)
+    takes the local cores (--local-cores, by default every core of the machine Snakemake runs on)."""
+    try:
+        return workflow.cores
+    except WorkflowError:  # a cluster executor: no total number of cores
+        return workflow.resource_settings.local_cores or os.cpu_count() or 1
 
 
 def eval_records():
