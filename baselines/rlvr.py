@@ -155,6 +155,7 @@ def train_rlvr(
     precision: str,
     seed: int,
     out: Path,
+    attention: str = "sdpa",
 ) -> dict:
     """Train the policy in ``start_dir`` with RLVR; write the checkpoint, metrics and settings under ``out``."""
     import datasets
@@ -193,7 +194,7 @@ def train_rlvr(
         **settings,
     )
     set_seed(seed)  # the LoRA adapters are drawn here, before TRL seeds its trainer: without it every run differs
-    model = make_trainable(load_causal_lm(start_dir, dropout=0.0), finetune)
+    model = make_trainable(load_causal_lm(start_dir, dropout=0.0, attention=attention), finetune)
     reward_func = unit_test_reward(prompt_format, cfg) if reward == "unit_tests" else chrf_reward  # checked above
     log: list[dict] = []
 

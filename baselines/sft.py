@@ -43,6 +43,7 @@ def train_sft(
     precision: str,
     seed: int,
     out: Path,
+    attention: str = "sdpa",
 ) -> dict:
     """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``."""
     from accelerate import Accelerator
@@ -68,7 +69,7 @@ def train_sft(
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
 
-    model = make_trainable(load_causal_lm(model_dir, dropout=finetune.model_dropout), finetune)
+    model = make_trainable(load_causal_lm(model_dir, dropout=finetune.model_dropout, attention=attention), finetune)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = optim.adamw(trainable, sft)

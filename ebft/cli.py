@@ -149,7 +149,13 @@ def cmd_train(args, job: Job):
     data_dir = Path(args.data_dir or layout.data_dir(job.task))
     out = Path(args.out or layout.run_dir(job.run_name, job.task))
     records = read_records(data_dir / "train.jsonl")
-    common = {"finetune": job.finetune, "precision": job.precision, "seed": job.seed, "out": out}
+    common = {
+        "finetune": job.finetune,
+        "precision": job.precision,
+        "seed": job.seed,
+        "out": out,
+        "attention": job.attention,
+    }
     read = {"model_dir": model_dir, "data_dir": data_dir}
     if job.method == "sft":
         from baselines.sft import train_sft
@@ -208,7 +214,7 @@ def cmd_eval(args, job: Job):
         problems = load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)
         samples = Path(args.samples or layout.samples_file(job.task, job.run_name))
         rows, extra = evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
-                                    seed=job.seed, samples_out=samples)  # fmt: skip
+                                    seed=job.seed, samples_out=samples, attention=job.attention)  # fmt: skip
         extra.update(problems=len(problems), samples_file=str(samples))
     elif job.kind == "translation":
         from evals.translation import evaluate_translation
@@ -216,17 +222,18 @@ def cmd_eval(args, job: Job):
         samples = Path(args.samples or layout.samples_file(job.task, job.run_name, "translation"))
         rows, extra = evaluate_translation(model_dir, read_records(data_dir / "heldout.jsonl"), job.prompt_format,
                                            job.translation, precision=job.precision, seed=job.seed,
-                                           samples_out=samples)  # fmt: skip
+                                           samples_out=samples, attention=job.attention)  # fmt: skip
     elif job.kind == "ce":
         from evals.ce import evaluate_ce
 
         records = read_records(data_dir / "heldout.jsonl")
-        rows = evaluate_ce(model_dir, records, job.chunk_length, job.ce, seed=job.seed)
+        rows = evaluate_ce(model_dir, records, job.chunk_length, job.ce, seed=job.seed, attention=job.attention)
     else:
         from evals.fm import evaluate_fm
 
         heldout = read_records(data_dir / "heldout.jsonl")
-        rows = evaluate_fm(model_dir, base_dir, heldout, job.chunk_length, job.ebft_config(), job.fm, seed=job.seed)
+        rows = evaluate_fm(model_dir, base_dir, heldout, job.chunk_length, job.ebft_config(), job.fm, seed=job.seed,
+                           attention=job.attention)  # fmt: skip
     record = {
         "profile": job.profile, "task": job.task, "method": job.run_name, "model_dir": str(model_dir),
         "config_hash": job.hash, "trained_config_hash": job.trained, "git_sha": git_sha(),

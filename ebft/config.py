@@ -435,6 +435,9 @@ class Profile(Section):
     offline: bool = setting(True, "set HF_HUB_OFFLINE and friends: nothing reaches a hub")
     seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "bf16 autocast where supported ('auto')")
+    attention: Literal["sdpa", "eager"] = setting(
+        "sdpa", "attention kernel of every model (transformers' attn_implementation); both read the strided 4-D mask"
+    )
     methods: list[Literal["sft", "ebft", "rlvr"]] = setting(factory=lambda: ["sft"], doc="trained methods")
     finetune: FinetuneConfig = setting(factory=FinetuneConfig)
     sft: SFTConfig = setting(factory=SFTConfig)

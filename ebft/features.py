@@ -79,7 +79,8 @@ def strided_features(
     documents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Ground-truth and generated block features (B, NB, D) from one forward of ``net`` over seq (B, S)."""
-    inputs = strided.sequence_inputs(seq, L, c, s, G, documents)
-    out = backbone(net)(input_ids=seq, **inputs, output_hidden_states=True, use_cache=False)
+    body = backbone(net)
+    inputs = strided.sequence_inputs(body, seq, L, c, s, G, documents)
+    out = body(input_ids=seq, **inputs, output_hidden_states=True, use_cache=False)
     idx = layer_indices(len(out.hidden_states) - 1, layers)
     return pool_blocks(token_features(out.hidden_states, idx), L, c, s, G, pooling)

@@ -172,10 +172,18 @@ def load_tokenizer(model_dir: Path):
     return tok
 
 
-def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch.float32):
-    """Load a causal LM from a prepared folder; optionally set every dropout probability of its config."""
+ATTENTION = ("sdpa", "eager")
+
+
+def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch.float32, attention: str = "sdpa"):
+    """Load a causal LM from a prepared folder; optionally set every dropout probability of its config.
+
+    ``attention`` is transformers' ``attn_implementation``, 'sdpa' or 'eager'; :func:`ebft.strided.for_kernel` gives
+    each the strided layout's 4-D mask in the form it reads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if attention not in ATTENTION:
+        raise UserError(f"attention {attention!r} is not available; choose one of {', '.join(ATTENTION)}.")
     _check_model_dir(model_dir)
     with _loading(model_dir, "config"):
         config = AutoConfig.from_pretrained(model_dir)
@@ -184,7 +192,8 @@ def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch
             if "dropout" in key and isinstance(value, float):
                 setattr(config, key, dropout)
     with _loading(model_dir, "weights"):
-        return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype, attn_implementation="sdpa")
+        return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype,
+                                                    attn_implementation=attention)  # fmt: skip
 
 
 REPAIR = "rerun 'ebft prepare-model' (or the workflow's prepare_model rule, or the training rule that wrote it)"

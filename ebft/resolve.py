@@ -120,6 +120,7 @@ class Job:
     offline: bool = True
     seed: int = 43
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    attention: Literal["sdpa", "eager"] | None = None  # None: jobs that load no model
     task: str | None = None
     method: Literal["base", "sft", "ebft", "rlvr"] | None = None  # trained method; 'base' only in an evaluation
     kind: Literal["ce", "fm", "code", "translation"] | None = None
@@ -284,7 +285,9 @@ class Study:
         base = {**common, "seed": p.seed, "task": task, "model_name": spec.model_name, "source": spec.source}
         if command == "prepare-data":
             return Job(**{**base, "model_name": None}, chunk_length=None)
-        base.update(precision=p.precision, model=spec.model.origin, chunk_length=spec.chunk_length)
+        base.update(
+            precision=p.precision, attention=p.attention, model=spec.model.origin, chunk_length=spec.chunk_length
+        )
         if command == "train":
             return self._train_job(base, spec, method)
         if command == "eval":

@@ -75,17 +75,37 @@ def layout_mask(
     return (base.to(documents.device)[None] & (d[:, rows, None] == d[:, None, :cols]))[:, None]
 
 
-def sequence_inputs(seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None) -> dict:
-    """Mask and position ids for one forward over whole strided sequences seq (B, S), as model keyword arguments."""
+def sequence_inputs(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None) -> dict:
+    """Mask and position ids for one forward of ``model`` over whole strided sequences seq (B, S), as keyword
+    arguments."""
     B, S = seq.shape
     mask = layout_mask(L, c, s, G, documents=documents).to(seq.device)
     pos = position_ids(L, c, s, G).to(seq.device)
-    return {"attention_mask": mask.expand(B, 1, S, S), "position_ids": pos[None].expand(B, S)}
+    return {"attention_mask": for_kernel(model, mask.expand(B, 1, S, S)), "position_ids": pos[None].expand(B, S)}
 
 
-def _expand(mask: torch.Tensor, B: int, device) -> torch.Tensor:
+def attention_kernel(model) -> str:
+    """The attention implementation a (possibly DDP- or peft-wrapped) transformers model runs."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None) or "sdpa"
+
+
+def for_kernel(model, mask: torch.Tensor) -> torch.Tensor:
+    """A boolean 4-D mask (True: attend) in the form ``model``'s attention kernel reads.
+
+    transformers hands a 4-D mask to the kernel unchanged: sdpa reads booleans, but eager *adds* the mask to the
+    scores, so a boolean mask would add 1 to the allowed scores and mask nothing. Eager gets 0 where attention is
+    allowed and the most negative value of the model's dtype elsewhere."""
+    if attention_kernel(model) != "eager":
+        return mask
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def _expand(mask: torch.Tensor, B: int, device, model=None) -> torch.Tensor:
     mask = mask.to(device)
-    return mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask
+    mask = mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask
+    return mask if model is None else for_kernel(model, mask)
 
 
 def predictor_index(L: int, c: int, s: int, G: int) -> torch.Tensor:
@@ -145,7 +165,7 @@ def generated_logprobs(logits: torch.Tensor, seq: torch.Tensor, L: int, c: int, 
 
 def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, documents=None):
     """Logits (B, S, V) of one forward over whole strided sequences."""
-    return model(input_ids=seq, **sequence_inputs(seq, L, c, s, G, documents), use_cache=False).logits
+    return model(input_ids=seq, **sequence_inputs(model, seq, L, c, s, G, documents), use_cache=False).logits
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
@@ -201,7 +221,7 @@ def _sample_uncached(model, chunks, c, s, G, NB, temperature, top_p, generator, 
     seq = chunks
     for t in range(G):
         n = L + t * NB
-        mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=slice(0, n), cols=n), B, device)
+        mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=slice(0, n), cols=n), B, device, model)
         logits = model(input_ids=seq, attention_mask=mask, position_ids=pos[None, :n].expand(B, n), use_cache=False)
         step_logits = logits.logits[:, pred[t]]  # (B, NB, V)
         tokens = _draw(step_logits.reshape(B * NB, -1), temperature, top_p, generator).view(B, NB)
@@ -220,7 +240,8 @@ def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, do
     unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     U = unique.shape[0]
     unique_docs = None if documents is None else unique[:, L:]
-    prefill_mask = _expand(layout_mask(L, c, s, G, documents=unique_docs, rows=slice(0, L), cols=L), U, device)
+    prefill = layout_mask(L, c, s, G, documents=unique_docs, rows=slice(0, L), cols=L)
+    prefill_mask = _expand(prefill, U, device, model)
     cache = DynamicCache(config=model.config)
     out = model(
         input_ids=unique[:, :L],
@@ -243,7 +264,7 @@ def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, do
             break
         rows = slice(L + t * NB, L + (t + 1) * NB)  # the strided indices of step t's tokens
         keys = L + (t + 1) * NB
-        step_mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=rows, cols=keys), B, device)
+        step_mask = _expand(layout_mask(L, c, s, G, documents=documents, rows=rows, cols=keys), B, device, model)
         out = model(
             input_ids=tokens,
             attention_mask=step_mask,

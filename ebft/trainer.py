@@ -64,7 +64,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
 def train_ebft(
     *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
     cfg: EBFTConfig, precision: str, seed: int, out: Path, settings_hash: str | None = None,
-    halt_after: int | None = None,
+    halt_after: int | None = None, attention: str = "sdpa",
 ) -> dict:  # fmt: skip
     """Train with EBFT from ``start_dir`` (features from ``base_dir``); resumes from ``out/checkpoint`` if present.
 
@@ -88,12 +88,12 @@ def train_ebft(
     strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
     valid_blocks = strided.block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
 
-    policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout), finetune)
+    policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention), finetune)
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
-    frozen = load_causal_lm(base_dir).eval().requires_grad_(False) if separate_features else None
+    frozen = load_causal_lm(base_dir, attention=attention).eval().requires_grad_(False) if separate_features else None
     kl_ref = None
     if cfg.kl_coef > 0 and finetune.mode == "full":
-        kl_ref = load_causal_lm(start_dir).eval().requires_grad_(False)
+        kl_ref = load_causal_lm(start_dir, attention=attention).eval().requires_grad_(False)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = optim.adamw(trainable, cfg)
     share = optim.process_share(cfg.batch_size, accelerator.num_processes, "ebft.batch_size")

@@ -36,11 +36,12 @@ def chunk_nll(model, chunks, batch_size: int, device) -> dict[str, tuple[torch.T
     return {m: (torch.cat(n), torch.cat(c)) for m, (n, c) in sums.items()}
 
 
-def evaluate_ce(model_dir: Path, records: list[dict], chunk_length: int, cfg: CEEvalConfig, *, seed: int) -> list[dict]:
+def evaluate_ce(model_dir: Path, records: list[dict], chunk_length: int, cfg: CEEvalConfig, *, seed: int,
+                attention: str = "sdpa") -> list[dict]:  # fmt: skip
     """Score the model in ``model_dir`` on held-out ``records``; one row per metric."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir).to(device).eval()
+    model = load_causal_lm(model_dir, attention=attention).to(device).eval()
     chunks = pack_records(records, tokenizer, chunk_length)
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))

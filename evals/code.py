@@ -338,6 +338,7 @@ def evaluate_code(
     precision: str,
     seed: int,
     samples_out: Path,
+    attention: str = "sdpa",
 ) -> tuple[list[dict], dict]:
     """Sample, execute and score; write one JSONL record per (problem, sample). Returns (rows, timings)."""
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer
@@ -345,7 +346,7 @@ def evaluate_code(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
     dtype = autocast_dtype(precision, device) or torch.float32
-    model = load_causal_lm(model_dir, dtype=dtype).to(device).eval()
+    model = load_causal_lm(model_dir, dtype=dtype, attention=attention).to(device).eval()
     prompts = [code_prompt(p, tokenizer, prompt_format) for p in problems]
     started = time.time()
     completions = generate(

@@ -32,11 +32,12 @@ from evals.stats import bootstrap_ratio_ci
 
 @torch.no_grad()
 def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_length: int, ebft: EBFTConfig,
-                cfg: FMEvalConfig, *, seed: int) -> list[dict]:  # fmt: skip
+                cfg: FMEvalConfig, *, seed: int, attention: str = "sdpa") -> list[dict]:  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     c, s, G, n = ebft.c, ebft.s, ebft.G, cfg.n
-    model = load_causal_lm(model_dir).to(device).eval()
-    features = model if Path(model_dir) == Path(base_dir) else load_causal_lm(base_dir).to(device).eval()
+    model = load_causal_lm(model_dir, attention=attention).to(device).eval()
+    same = Path(model_dir) == Path(base_dir)
+    features = model if same else load_causal_lm(base_dir, attention=attention).to(device).eval()
     chunks = pack_records(records, load_tokenizer(base_dir), chunk_length)
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))

@@ -182,7 +182,7 @@ def comet_scores(model: str | None, sources, hyps, refs, *, batch_size: int) -> 
 
 
 def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: str, cfg, *, precision: str, seed: int,
-                         samples_out: Path) -> tuple[list[dict], dict]:  # fmt: skip
+                         samples_out: Path, attention: str = "sdpa") -> tuple[list[dict], dict]:  # fmt: skip
     """Translate, clean, score; write one JSONL record per (pair, decoding). Returns (metric rows, extra record)."""
     import time
 
@@ -194,7 +194,8 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
     pairs = select_pairs(records, cfg.max_pairs, cfg.max_records)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(model_dir, dtype=autocast_dtype(precision, device) or torch.float32).to(device).eval()
+    dtype = autocast_dtype(precision, device) or torch.float32
+    model = load_causal_lm(model_dir, dtype=dtype, attention=attention).to(device).eval()
     prompts = [render(p["question"], tokenizer, prompt_format) for p in pairs]
     decodings = {"sampled": False, **({"greedy": True} if cfg.greedy else {})}
     samples, rows, timings = [], [], {}

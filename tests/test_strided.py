@@ -196,14 +196,13 @@ ROW_ORDERS = {  # indices into the keys in torch.unique (sorted) order; never so
 }
 
 
-@pytest.fixture(scope="module")
-def ctx_model():
+def make_ctx_model(attention: str):
     """A tiny random Llama whose greedy tokens depend on earlier context (attention scaled up so that it matters)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
         vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True, attn_implementation="sdpa",
+        intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True, attn_implementation=attention,
     )  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -214,6 +213,40 @@ def ctx_model():
             layer.self_attn.k_proj.weight.mul_(8.0)
             layer.self_attn.o_proj.weight.mul_(16.0)  # attention outputs that outweigh the token's own embedding
     return model
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def ctx_model(request):
+    """The context model under each attention implementation the profile offers (``attention``)."""
+    return make_ctx_model(request.param)
+
+
+@pytest.mark.parametrize("with_documents", [False, True], ids=["plain", "documents"])
+def test_eager_attention_reads_the_strided_mask_as_sdpa_does(with_documents):
+    """Regression: transformers passes a 4-D mask to the kernel unchanged and eager *adds* it to the scores, so the
+    boolean layout mask masked nothing under eager (logits off by up to 0.8 on this model)."""
+    L, c, s, G = CTX_LAYOUT
+    chunks, docs = ctx_batch("distinct", with_documents)
+    NB = strided.num_blocks(L, c, s, G)
+    seq = torch.cat(
+        [chunks, torch.randint(0, 128, (chunks.shape[0], NB * G), generator=torch.Generator().manual_seed(3))], 1
+    )
+    sdpa, eager = make_ctx_model("sdpa"), make_ctx_model("eager")
+    assert strided.attention_kernel(eager) == "eager" and strided.attention_kernel(sdpa) == "sdpa"
+    with torch.no_grad():
+        want = strided.strided_forward(sdpa, seq, L, c, s, G, docs)
+        got = strided.strided_forward(eager, seq, L, c, s, G, docs)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    features = [strided_features_of(m, seq, docs) for m in (sdpa, eager)]
+    for a, b in zip(*features, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def strided_features_of(model, seq, docs):
+    from ebft.features import strided_features
+
+    L, c, s, G = CTX_LAYOUT
+    return strided_features(model, seq, L, c, s, G, layers=[0.5, 1.0], pooling="mean", documents=docs)
 
 
 def ctx_batch(kind: str, with_documents: bool):

@@ -79,7 +79,7 @@ def test_kl_estimators():
 
 
 def run(tiny_model_dir, records, out, **kw):
-    extra = {k: kw.pop(k) for k in ("halt_after", "settings_hash") if k in kw}
+    extra = {k: kw.pop(k) for k in ("halt_after", "settings_hash", "attention") if k in kw}
     finetune = kw.pop("finetune", FinetuneConfig())
     settings = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "max_steps": 3,
                 "checkpoint_every": 1, **kw}  # fmt: skip
@@ -285,3 +285,17 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, records, t
         a, b = trainable_weights(tmp_path / "False"), trainable_weights(tmp_path / "True")
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+
+
+def test_eager_attention_trains_like_sdpa(tiny_model_dir, records, tmp_path):
+    """The profile's ``attention: eager`` gives the same rollouts, losses, gradient norms and weights as sdpa (fp32)."""
+    runs = {}
+    for attention in ("sdpa", "eager"):
+        run(tiny_model_dir, records, tmp_path / attention, max_steps=2, gamma=0.1, attention=attention)
+        runs[attention] = list(csv.DictReader((tmp_path / f"{attention}/train_metrics.csv").open()))
+    for sdpa, eager in zip(runs["sdpa"], runs["eager"], strict=True):
+        for key in ("reward", "ce", "policy_loss", "loss", "grad_norm"):
+            assert float(eager[key]) == pytest.approx(float(sdpa[key]), rel=1e-4, abs=1e-6), key
+    a, b = trainable_weights(tmp_path / "sdpa"), trainable_weights(tmp_path / "eager")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
