@@ -33,6 +33,7 @@ from ebft.errors import ConfigError
 
 TASKS = ("qa_code", "unstructured_code", "translation")
 METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
+Attention = Literal["sdpa", "eager"]  # transformers' attn_implementation values that read the strided 4-D mask
 BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "pattern")
 
 
@@ -435,7 +436,7 @@ class Profile(Section):
     offline: bool = setting(True, "set HF_HUB_OFFLINE and friends: nothing reaches a hub")
     seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "bf16 autocast where supported ('auto')")
-    attention: Literal["sdpa", "eager"] = setting(
+    attention: Attention = setting(
         "sdpa", "attention kernel of every model (transformers' attn_implementation); both read the strided 4-D mask"
     )
     methods: list[Literal["sft", "ebft", "rlvr"]] = setting(factory=lambda: ["sft"], doc="trained methods")

@@ -19,12 +19,13 @@ import importlib.util
 import json
 import os
 import shutil
+import typing
 from pathlib import Path
 
 import torch
 
 from ebft import hub
-from ebft.config import FinetuneConfig, ModelSource
+from ebft.config import Attention, FinetuneConfig, ModelSource
 from ebft.errors import UserError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -172,7 +173,7 @@ def load_tokenizer(model_dir: Path):
     return tok
 
 
-ATTENTION = ("sdpa", "eager")
+ATTENTION = typing.get_args(Attention)
 
 
 def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch.float32, attention: str = "sdpa"):

@@ -24,6 +24,7 @@ from ebft import layout
 from ebft.config import (
     METHODS,
     OVERRIDES,
+    Attention,
     CEEvalConfig,
     CodeEvalConfig,
     EBFTConfig,
@@ -120,7 +121,7 @@ class Job:
     offline: bool = True
     seed: int = 43
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    attention: Literal["sdpa", "eager"] | None = None  # None: jobs that load no model
+    attention: Attention | None = None  # None: jobs that load no model
     task: str | None = None
     method: Literal["base", "sft", "ebft", "rlvr"] | None = None  # trained method; 'base' only in an evaluation
     kind: Literal["ce", "fm", "code", "translation"] | None = None

@@ -102,10 +102,10 @@ def for_kernel(model, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def _expand(mask: torch.Tensor, B: int, device, model=None) -> torch.Tensor:
+def _expand(mask: torch.Tensor, B: int, device, model) -> torch.Tensor:
+    """``mask`` on ``device``, for B rows, in the form ``model``'s attention kernel reads."""
     mask = mask.to(device)
-    mask = mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask
-    return mask if model is None else for_kernel(model, mask)
+    return for_kernel(model, mask.expand(B, *mask.shape[1:]) if mask.shape[0] == 1 else mask)
 
 
 def predictor_index(L: int, c: int, s: int, G: int) -> torch.Tensor:

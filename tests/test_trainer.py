@@ -222,6 +222,22 @@ def metric_rows(out):
     return [{k: r[k] for k in keep} for r in csv.DictReader((out / "train_metrics.csv").open())]
 
 
+def assert_same_update(a, b, keys, *, rel, abs, weights=True):
+    """Runs ``a`` and ``b`` logged the same ``keys`` at every step and (LoRA) ended with the same adapter weights,
+    within ``rel`` / ``abs``; returns both adapters' weights."""
+    rows = [list(csv.DictReader((out / "train_metrics.csv").open())) for out in (a, b)]
+    for first, second in zip(*rows, strict=True):
+        for key in keys:
+            assert float(second[key]) == pytest.approx(float(first[key]), rel=rel, abs=abs), key
+    if not weights:
+        return None
+    wa, wb = trainable_weights(a), trainable_weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=rel, atol=abs)
+    return wa, wb
+
+
 def test_a_resumed_run_lists_every_step_once_though_its_csv_was_deleted(tiny_model_dir, records, tmp_path, capfd):
     """Regression: the workflow deletes a failed job's train_metrics.csv, and the resumed run wrote only the steps
     after its checkpoint; rows logged after the last checkpoint would also have been written twice."""
@@ -258,14 +274,8 @@ def test_micro_batches_accumulate_to_the_whole_rollout_batchs_update(tiny_model_
     kw = {"max_steps": 2, "gamma": 0.1, "kl_coef": 0.05}
     run(tiny_model_dir, records, tmp_path / "whole", **kw)
     run(tiny_model_dir, records, tmp_path / "micro", micro_batch_size=4, **kw)
-    rows = [list(csv.DictReader((tmp_path / f"{name}/train_metrics.csv").open())) for name in ("whole", "micro")]
-    for whole, micro in zip(*rows, strict=True):
-        for key in ("reward", "ce", "policy_loss", "kl", "loss", "grad_norm"):
-            assert float(micro[key]) == pytest.approx(float(whole[key]), rel=1e-4, abs=1e-6), key
-    a, b = trainable_weights(tmp_path / "whole"), trainable_weights(tmp_path / "micro")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    keys = ("reward", "ce", "policy_loss", "kl", "loss", "grad_norm")
+    a, b = assert_same_update(tmp_path / "whole", tmp_path / "micro", keys, rel=1e-4, abs=1e-6)
     assert any(not torch.equal(a[k], b[k]) or a[k].abs().sum() > 0 for k in a)  # trained, not two untouched copies
 
 
@@ -273,29 +283,16 @@ def test_micro_batches_accumulate_to_the_whole_rollout_batchs_update(tiny_model_
 def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, records, tmp_path, mode):
     """finetune.gradient_checkpointing recomputes activations in the backward pass: the same rollouts (the cached
     sampler keeps its cache under no_grad), losses, gradient norms and weights as without, in fp32."""
-    runs = {}
     for on in (False, True):
         finetune = FinetuneConfig(mode=mode, lora=LoraSettings(r=4, alpha=8), gradient_checkpointing=on)
         run(tiny_model_dir, records, tmp_path / str(on), finetune=finetune, max_steps=2, gamma=0.1)
-        runs[on] = list(csv.DictReader((tmp_path / f"{on}/train_metrics.csv").open()))
-    for plain, checkpointed in zip(runs[False], runs[True], strict=True):
-        for key in ("reward", "ce", "policy_loss", "loss", "grad_norm"):
-            assert float(checkpointed[key]) == pytest.approx(float(plain[key]), rel=1e-5, abs=1e-7), key
-    if mode == "lora":
-        a, b = trainable_weights(tmp_path / "False"), trainable_weights(tmp_path / "True")
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7)
+    keys = ("reward", "ce", "policy_loss", "loss", "grad_norm")
+    assert_same_update(tmp_path / "False", tmp_path / "True", keys, rel=1e-5, abs=1e-7, weights=mode == "lora")
 
 
 def test_eager_attention_trains_like_sdpa(tiny_model_dir, records, tmp_path):
     """The profile's ``attention: eager`` gives the same rollouts, losses, gradient norms and weights as sdpa (fp32)."""
-    runs = {}
     for attention in ("sdpa", "eager"):
         run(tiny_model_dir, records, tmp_path / attention, max_steps=2, gamma=0.1, attention=attention)
-        runs[attention] = list(csv.DictReader((tmp_path / f"{attention}/train_metrics.csv").open()))
-    for sdpa, eager in zip(runs["sdpa"], runs["eager"], strict=True):
-        for key in ("reward", "ce", "policy_loss", "loss", "grad_norm"):
-            assert float(eager[key]) == pytest.approx(float(sdpa[key]), rel=1e-4, abs=1e-6), key
-    a, b = trainable_weights(tmp_path / "sdpa"), trainable_weights(tmp_path / "eager")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    keys = ("reward", "ce", "policy_loss", "loss", "grad_norm")
+    assert_same_update(tmp_path / "sdpa", tmp_path / "eager", keys, rel=1e-4, abs=1e-6)
