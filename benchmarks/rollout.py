@@ -105,8 +105,8 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
     batch = PackedChunks(chunk, ones, ones, torch.zeros_like(chunk))
     cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1)
     valid = torch.ones(1, strided.num_blocks(chunk.shape[1], args.c, args.s, args.G), dtype=torch.bool)
-    ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 0)  # warm-up
-    t_ebft, row = _timed(lambda: ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, 1))
+    ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
+    t_ebft, row = _timed(lambda: ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1]))
     with acc.autocast():
         sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0)
         t_sft, _ = _timed(lambda: sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0))

@@ -16,8 +16,11 @@ Two samplers give the same tokens for the same random stream:
 
 Random numbers: at step t both draw the tokens of all (row, block) pairs with one ``torch.multinomial`` call on the
 (B·NB, V) probabilities, rows in batch order and blocks in index order, from the caller's ``generator``; nothing
-else consumes it. ``torch.multinomial`` (an exponential race) is robust to the ~1e-5 logit noise between the two
-samplers in fp32, so their tokens agree exactly; in bf16 a few per cent may flip. Temperature 0 is greedy.
+else consumes it. ``generator`` may also be a list of g generators, one per group of B/g consecutive rows (the n
+copies of one chunk): each group then draws from its own stream, so a chunk's rollouts do not depend on which other
+chunks share its batch, or on which process samples it. ``torch.multinomial`` (an exponential race) is robust to the
+~1e-5 logit noise between the two samplers in fp32, so their tokens agree exactly; in bf16 a few per cent may flip.
+Temperature 0 is greedy.
 """
 
 from __future__ import annotations
@@ -169,7 +172,8 @@ def strided_forward(model, seq: torch.Tensor, L: int, c: int, s: int, G: int, do
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    """One token per row of logits (R, V): greedy at temperature 0, else nucleus sampling."""
+    """One token per row of logits (R, V): greedy at temperature 0, else nucleus sampling. ``generator``: one
+    generator (or None) for all rows, or a list of g generators, one per group of R/g consecutive rows."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -178,6 +182,10 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator) -> 
         outside = sorted_p.cumsum(dim=-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    if isinstance(generator, list | tuple):
+        groups = probs.view(len(generator), -1, probs.shape[-1])
+        draws = [torch.multinomial(p, 1, generator=g) for p, g in zip(groups, generator, strict=True)]
+        return torch.cat(draws).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -198,16 +206,20 @@ def sample_blocks(
     *,
     temperature: float,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
     documents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample G tokens for every block of every chunk: (B, L) → (B, NB, G) long.
 
-    ``documents`` (B, L), optional: the packed document of each token, to confine attention to one document.
+    ``generator``: one random stream for the whole batch, or a list of g streams, one per group of B/g consecutive
+    rows (g must divide B). ``documents`` (B, L), optional: the packed document of each token, to confine attention to
+    one document.
     """
     _check(temperature, top_p)
     B, L = chunks.shape
+    if isinstance(generator, list | tuple) and (not generator or B % len(generator)):
+        raise ValueError(f"{len(generator)} generators cannot split a batch of {B} rows into equal groups")
     NB = num_blocks(L, c, s, G)
     sampler = _sample_cached if use_cache else _sample_uncached
     return sampler(model, chunks, c, s, G, NB, temperature, top_p, generator, documents)

@@ -14,7 +14,8 @@ Objective per rollout batch of B chunks, each copied n times (train batch B·n s
 - CE: teacher-forced next-token CE at T = 1 over the ground-truth chunk (every real token), from the same forward.
 - Features: the frozen base model (LoRA: the policy with its adapter disabled; full fine-tuning or an SFT warm start:
   a frozen copy loaded from the base folder).
-- Random numbers: the sampler's generator is seeded from (seed, step) and the data order of epoch e is a permutation
+- Random numbers: the rollouts of each chunk are drawn from a stream seeded from (seed, step, the chunk's index), on
+  whichever process samples it, and the data order of epoch e is a permutation
   seeded from (seed, e), so a run resumed from a checkpoint (weights or adapter, optimiser, scheduler, step) continues
   exactly as an uninterrupted one; dropout is 0.
 
@@ -129,7 +130,7 @@ def train_ebft(
             start = within * cfg.batch_size + accelerator.process_index * share  # this process's share
             index = order[start : start + share]
             row = ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
-                             valid_blocks[index], cfg, _sample_seed(seed, step, accelerator.process_index))  # fmt: skip
+                             valid_blocks[index], cfg, [_sample_seed(seed, step, int(i)) for i in index])  # fmt: skip
             step += 1
             row.update(step=step, epoch=epoch)
             if step % cfg.log_every == 0 or step == total_steps:
@@ -157,8 +158,12 @@ def train_ebft(
     return summary
 
 
-def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg, sample_seed):
-    """One rollout batch: sample, score, one optimiser step. Returns the step's metrics."""
+def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg,
+              sample_seeds: list[int]):  # fmt: skip
+    """One rollout batch: sample, score, one optimiser step. Returns the step's metrics.
+
+    ``sample_seeds``: one per chunk of the batch; the n rollouts of chunk b draw from a stream seeded with
+    ``sample_seeds[b]``."""
     c, s, G, n = cfg.c, cfg.s, cfg.G, cfg.n
     t0 = time.time()
     device = accelerator.device
@@ -166,7 +171,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     chunks = batch.input_ids.to(device).repeat_interleave(n, dim=0)  # (B·n, L): n copies of each chunk
     docs = batch.document.to(device).repeat_interleave(n, dim=0) if cfg.document_mask else None  # (B·n, L)
     model = accelerator.unwrap_model(policy)
-    generator = torch.Generator(device=device).manual_seed(sample_seed)
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in sample_seeds]  # one per chunk
     with accelerator.autocast():
         blocks = strided.sample_blocks(
             model,
@@ -176,7 +181,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
             G,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            generator=generator,
+            generator=generators,
             use_cache=cfg.use_cache,
             documents=docs,
         )  # (B·n, NB, G)
@@ -273,9 +278,11 @@ def reinforce_sum(adv: torch.Tensor, logp: torch.Tensor, keep: torch.Tensor) -> 
     return per_seq.sum()
 
 
-def _sample_seed(seed: int, step: int, process: int) -> int:
-    """The sampler's seed at ``step`` on ``process``: every process draws its own random stream."""
-    return strided.derive_seed(seed, step, 1) if process == 0 else strided.derive_seed(seed, step, 1, process)
+def _sample_seed(seed: int, step: int, chunk: int) -> int:
+    """The seed of the random stream from which the rollouts of training chunk ``chunk`` (its index in the packed
+    training set) are drawn at ``step``. Fixed by the chunk, not by the process that samples it or by the other
+    chunks of its batch: P processes draw the rollouts of one."""
+    return strided.derive_seed(seed, step, 1, chunk)
 
 
 def _trainable_state(model) -> dict:

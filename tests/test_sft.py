@@ -67,10 +67,11 @@ def epoch_bound_profile(tmp_path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "ebft"])
 def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_model_dir, cli_env, method):
-    """Two CPU processes (gloo) against one, with an epoch-bounded budget: the same number of optimiser steps and the
-    same learning rate at every step, files written once; for SFT also the same losses and weights (the global batch
-    is split between the processes). Regression: SFT stopped midway with StopIteration (steps counted before the
-    loader was split), and the schedule ran once per process per step (twice too fast)."""
+    """Two CPU processes (gloo) against one, with an epoch-bounded budget: the same number of optimiser steps, the
+    same learning rate at every step, files written once, and the same losses and weights (the global batch is split
+    between the processes). Regressions: SFT stopped midway with StopIteration (steps counted before the loader was
+    split); the schedule ran once per process per step (twice too fast); EBFT's sampler drew one random stream per
+    process, so two processes sampled other rollouts than one (now one stream per chunk)."""
     import json
     import shutil
     import subprocess
@@ -97,13 +98,16 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     assert [r["step"] for r in two] == [str(i) for i in range(1, len(one) + 1)]  # each row written once
     rates_one, rates_two = [float(r["lr"]) for r in one], [float(r["lr"]) for r in two]
     assert rates_one == pytest.approx(rates_two, rel=1e-12, abs=0) and len(set(rates_one)) > 2
-    if method == "sft":
-        assert [float(r["loss"]) for r in one] == pytest.approx([float(r["loss"]) for r in two], rel=1e-4)
-        a, b = (
-            load_causal_lm(tmp_path / "run1/model").state_dict(),
-            load_causal_lm(tmp_path / "run2/model").state_dict(),
-        )
-        assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    metrics = ["loss"] if method == "sft" else ["loss", "reward", "alignment", "diversity", "ce", "policy_loss",
+                                                   "grad_norm", "valid_blocks"]  # fmt: skip
+    for name in metrics:
+        assert [float(r[name]) for r in one] == pytest.approx([float(r[name]) for r in two], rel=1e-4, abs=1e-6), name
+    a, b = (
+        load_causal_lm(tmp_path / "run1/model").state_dict(),
+        load_causal_lm(tmp_path / "run2/model").state_dict(),
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
 
 
 def records_for_ddp():

@@ -140,6 +140,27 @@ def test_cached_and_uncached_samplers_draw_identical_tokens(tiny, top_p):
     assert not torch.equal(draws[0][0], draws[0][1])  # copies of a chunk are sampled independently
 
 
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_chunks_stream_fixes_its_rollouts_whatever_shares_its_batch(tiny, cached):
+    """With one generator per chunk, a chunk's n rollouts depend only on its own stream: sampled alone, or after
+    another chunk in a batch of two (as one process of two, or one process of one, samples it), they are the same.
+    Regression: one stream per batch, so two processes drew other rollouts than one."""
+    L, c, s, G, n = 32, 4, 4, 4, 3
+    a, b = torch.randint(0, 49152, (2, L), generator=torch.Generator().manual_seed(8))
+
+    def draw(chunks, seeds):
+        gens = [torch.Generator().manual_seed(x) for x in seeds]
+        return strided.sample_blocks(tiny, torch.stack(chunks).repeat_interleave(n, dim=0), c, s, G, temperature=1.0,
+                                     use_cache=cached, generator=gens)  # fmt: skip
+
+    both = draw([a, b], [11, 12])
+    assert torch.equal(both[:n], draw([a], [11])) and torch.equal(both[n:], draw([b], [12]))
+    assert torch.equal(draw([b, a], [12, 11]), torch.cat([both[n:], both[:n]]))  # the order of chunks does not matter
+    assert not torch.equal(both[0], both[1])  # the copies of a chunk are still sampled independently
+    with pytest.raises(ValueError, match="equal groups"):
+        draw([a, b], [11, 12, 13, 14])  # 4 streams cannot split 6 rows
+
+
 @pytest.mark.slow
 def test_cached_and_uncached_samplers_agree_on_smollm2(smollm2_dir):
     model = load_causal_lm(smollm2_dir).eval()
