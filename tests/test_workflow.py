@@ -35,8 +35,9 @@ FIGURES = ["val_ce", "fm_loss", "pass_at_1", "tradeoff", "training_curves"]
 TRANSLATION_FIGURES = ["bleu", "chrf", "translation_directions"]
 # per profile: prepared models, and the evaluations of each kind (base, the methods' runs and the sweep runs)
 DAGS = {
-    "cpu": ({"prepare_model": 1, "eval_ce": 11, "eval_fm": 11, "eval_code": 7, "eval_translation": 4},
-            [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES]),
+    # a sweep of γ on qa_code: gamma-0.03 is the ebft run (its evaluations copied), gamma-0.0 one more run
+    "cpu": ({"prepare_model": 1, "train_sweep": 1, "eval_ce": 13, "eval_fm": 13, "eval_code": 9, "eval_translation": 4},
+            [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES, "sweep_gamma"]),
     # a sweep of two runs on unstructured_code, one of which is the ebft run (copied, not retrained)
     "smoke": ({"prepare_model": 1, "train_sweep": 1, "eval_ce": 13, "eval_fm": 13, "eval_code": 9,
                "eval_translation": 4}, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES, "sweep_ablate"]),
