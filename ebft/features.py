@@ -1,8 +1,9 @@
 """Sequence features from the frozen base model (EBFT_SPEC.md §4).
 
-One forward of the feature network over the strided sequence [chunk | generated] (strided mask and positions) gives
-both feature sets: the ground truth of block k at the causal prompt positions c + k·s + g, the rollout at the generated
-positions (g, k), g < G. Each token's feature is the concatenation of the hidden states at depth fractions q
+The feature network's forward over the strided sequence [chunk | generated] (strided mask and positions;
+``ebft.scoring.strided_features``, whole or with each chunk's prefix shared by its copies) gives both feature sets:
+the ground truth of block k at the causal prompt positions c + k·s + g, the rollout at the generated positions (g, k),
+g < G. Each token's feature is the concatenation of the hidden states at depth fractions q
 (HF ``hidden_states`` index ⌊q·N_layers⌋, index 0 being the embeddings), L2-normalised as a whole; a block's feature is
 its last token's (``last_token``) or the mean over its G tokens (``mean``, not renormalised).
 
@@ -71,16 +72,3 @@ def backbone(model):
     """The transformer body without the LM head (no (B, S, V) logits are needed for features)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(base, base.base_model_prefix, base)
-
-
-@torch.no_grad()
-def strided_features(
-    net, seq: torch.Tensor, L: int, c: int, s: int, G: int, *, layers: list[float], pooling: str,
-    documents: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Ground-truth and generated block features (B, NB, D) from one forward of ``net`` over seq (B, S)."""
-    body = backbone(net)
-    inputs = strided.sequence_inputs(body, seq, L, c, s, G, documents)
-    out = body(input_ids=seq, **inputs, output_hidden_states=True, use_cache=False)
-    idx = layer_indices(len(out.hidden_states) - 1, layers)
-    return pool_blocks(token_features(out.hidden_states, idx), L, c, s, G, pooling)

@@ -37,10 +37,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import optim, strided
+from ebft import optim, scoring, strided
 from ebft.config import EBFTConfig, FinetuneConfig, config_hash
-from ebft.features import feature_network, strided_features
-from ebft.losses import token_nll
+from ebft.features import feature_network
 from ebft.metrics_log import MetricsLog
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
 from ebft.packing import PackedChunks, pack_records
@@ -89,18 +88,21 @@ def train_ebft(
     strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
     valid_blocks = strided.block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
 
-    policy = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention), finetune)
+    model = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention), finetune)
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
     frozen = load_causal_lm(base_dir, attention=attention).eval().requires_grad_(False) if separate_features else None
     kl_ref = None
     if cfg.kl_coef > 0 and finetune.mode == "full":
         kl_ref = load_causal_lm(start_dir, attention=attention).eval().requires_grad_(False)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = optim.adamw(trainable, cfg)
     share = optim.process_share(cfg.batch_size, accelerator.num_processes, "ebft.batch_size")
     steps_per_epoch, total_steps = optim.ebft_step_budget(len(chunks), cfg)
     scheduler = optim.lr_schedule(optimizer, cfg, total_steps)  # stepped here, once per optimiser step
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    # The policy's loss forward is one call of a module around the model (two forwards on the shared-prefix path), so
+    # that DDP sees one forward per backward; the sampler and the features call the model itself, without gradients.
+    policy, optimizer = accelerator.prepare(StridedPolicy(model), optimizer)
+    model = accelerator.unwrap_model(policy).model
     for m in (frozen, kl_ref):
         if m is not None:
             m.to(accelerator.device)
@@ -109,9 +111,7 @@ def train_ebft(
         settings_hash = config_hash({"base": str(base_dir), "start": str(start_dir), "chunk_length": chunk_length,
                                      "finetune": finetune, "ebft": cfg, "precision": precision, "seed": seed,
                                      "records": len(train_records)})  # fmt: skip
-    step, rows = _resume(
-        accelerator, out / "checkpoint", accelerator.unwrap_model(policy), optimizer, scheduler, settings_hash
-    )
+    step, rows = _resume(accelerator, out / "checkpoint", model, optimizer, scheduler, settings_hash)
     if accelerator.is_main_process:
         where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
         print(f"ebft: {where} (checkpoints every {cfg.checkpoint_every} steps in {out / 'checkpoint'}).",
@@ -136,7 +136,7 @@ def train_ebft(
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(row)
             if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_state(accelerator, out / "checkpoint", policy, optimizer, scheduler, step, settings_hash,
+                _save_state(accelerator, out / "checkpoint", model, optimizer, scheduler, step, settings_hash,
                             log.rows)  # fmt: skip
             bar.update(1)
             bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
@@ -153,7 +153,7 @@ def train_ebft(
                "feature_network": "frozen base copy" if separate_features else "policy with adapter disabled",
                "ebft": asdict(cfg)}  # fmt: skip
     if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(policy), tokenizer, out, finetune.mode)
+        save_checkpoint(model, tokenizer, out, finetune.mode)
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -170,7 +170,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     B, L = batch.input_ids.shape
     chunks = batch.input_ids.to(device).repeat_interleave(n, dim=0)  # (B·n, L): n copies of each chunk
     docs = batch.document.to(device).repeat_interleave(n, dim=0) if cfg.document_mask else None  # (B·n, L)
-    model = accelerator.unwrap_model(policy)
+    model = accelerator.unwrap_model(policy).model
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in sample_seeds]  # one per chunk
     with accelerator.autocast():
         blocks = strided.sample_blocks(
@@ -192,8 +192,9 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     R = B * n
     micro = [slice(i, i + (cfg.micro_batch_size or R)) for i in range(0, R, cfg.micro_batch_size or R)]
     with accelerator.autocast(), feature_network(model, frozen) as net:
-        parts = [strided_features(net, seq[m], L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
-                                  documents=docs[m] if docs is not None else None) for m in micro]  # fmt: skip
+        parts = [scoring.strided_features(net, seq[m], L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
+                                          documents=docs[m] if docs is not None else None, shared=cfg.shared_prefix)
+                 for m in micro]  # fmt: skip
     gt_feat, gen_feat = (torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in (0, 1))
     gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
     gt_feat = gt_feat.view(B, n, NB, -1)[:, 0]  # (B, NB, D): identical across copies
@@ -224,23 +225,22 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
         with accelerator.no_sync(policy) if not last else contextlib.nullcontext():  # DDP all-reduces once
             with accelerator.autocast():
                 mdocs = docs[m] if docs is not None else None
-                logits = strided.strided_forward(policy, seq[m], L, c, s, G, mdocs)  # (m, S, V)
-                logp = strided.generated_logprobs(logits, seq[m], L, c, s, G, cfg.temperature)  # (m, NB, G)
+                score = dict(temperature=cfg.temperature, targets=targets[m], documents=mdocs,
+                             shared=cfg.shared_prefix, logits_chunk=cfg.logits_chunk)  # fmt: skip
+                logp, nll = policy(seq[m], L, c, s, G, **score)  # (m, NB, G), (m,)
                 policy_loss = optim.ddp_scaled(reinforce_sum(adv[m], logp, token_keep[m]) / n_seq, P)
-                nll, _ = token_nll(logits[:, :L], chunks[m], targets[m])
                 ce = optim.ddp_scaled(nll.sum() / ce_tokens, P)
                 kl = torch.zeros((), device=device)
                 if cfg.kl_coef > 0:
                     with torch.no_grad(), feature_network(model, kl_ref) as ref:
-                        ref_logits = strided.strided_forward(ref, seq[m], L, c, s, G, mdocs)
-                        ref_logp = strided.generated_logprobs(ref_logits, seq[m], L, c, s, G, cfg.temperature)
+                        ref_logp, _ = scoring.policy_scores(ref, seq[m], L, c, s, G, **score)
                     per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep[m]).sum(dim=(1, 2))
                     kl = optim.ddp_scaled((per_seq_kl / per_seq_tokens[m].clamp_min(1)).sum() / n_seq, P)
                 loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
             accelerator.backward(loss)
         for name, value in (("policy_loss", policy_loss), ("ce", ce), ("kl", kl), ("loss", loss)):
             terms[name] = terms[name] + value.detach()
-        del logits, logp
+        del logp, nll
     policy_loss, ce, kl, loss = (terms[k] for k in ("policy_loss", "ce", "kl", "loss"))
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
@@ -267,6 +267,17 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     }  # fmt: skip
 
 
+class StridedPolicy(torch.nn.Module):
+    """The policy as the loss sees it: ``forward`` returns :func:`ebft.scoring.policy_scores` of ``model``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, seq, L, c, s, G, **kw):
+        return scoring.policy_scores(self.model, seq, L, c, s, G, **kw)
+
+
 def reinforce_sum(adv: torch.Tensor, logp: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Σ over sequences of the mean of −A·log π over each sequence's kept tokens (a scalar).
 
@@ -289,7 +300,7 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int, settings_hash: str,
+def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int, settings_hash: str,
                 rows: list[dict]) -> None:  # fmt: skip
     """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step, the per-step metric rows so
     far and the hash of the settings that define the run (written atomically)."""
@@ -298,7 +309,7 @@ def _save_state(accelerator, path: Path, policy, optimizer, scheduler, step: int
         return
     path.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "settings_hash": settings_hash,
-             "trainable": _trainable_state(accelerator.unwrap_model(policy)),
+             "trainable": _trainable_state(model),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": torch.get_rng_state(), "rows": list(rows)}  # fmt: skip
     tmp = path / "state.pt.partial"

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from ebft import strided
 from ebft.config import EBFTConfig, FMEvalConfig
-from ebft.features import strided_features
 from ebft.models import load_causal_lm, load_tokenizer
 from ebft.packing import pack_records
 from ebft.rewards import feature_rewards, fm_loss_estimate
+from ebft.scoring import strided_features
 from ebft.strided import block_valid, derive_seed
 from evals.stats import bootstrap_ratio_ci
 

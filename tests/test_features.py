@@ -5,8 +5,9 @@ import torch
 
 from ebft import strided
 from ebft.config import FinetuneConfig
-from ebft.features import backbone, feature_network, layer_indices, pool_blocks, strided_features, token_features
+from ebft.features import backbone, feature_network, layer_indices, pool_blocks, token_features
 from ebft.models import load_causal_lm, make_trainable
+from ebft.scoring import strided_features
 
 
 def test_layer_indices_follow_the_depth_fractions():

@@ -264,7 +264,7 @@ def test_eager_attention_reads_the_strided_mask_as_sdpa_does(with_documents):
 
 
 def strided_features_of(model, seq, docs):
-    from ebft.features import strided_features
+    from ebft.scoring import strided_features
 
     L, c, s, G = CTX_LAYOUT
     return strided_features(model, seq, L, c, s, G, layers=[0.5, 1.0], pooling="mean", documents=docs)

@@ -296,3 +296,18 @@ def test_eager_attention_trains_like_sdpa(tiny_model_dir, records, tmp_path):
         run(tiny_model_dir, records, tmp_path / attention, max_steps=2, gamma=0.1, attention=attention)
     keys = ("reward", "ce", "policy_loss", "loss", "grad_norm")
     assert_same_update(tmp_path / "sdpa", tmp_path / "eager", keys, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_the_shared_prefix_and_chunked_logits_train_like_the_whole_sequence_forwards(tiny_model_dir, records, tmp_path,
+                                                                                      mode):  # fmt: skip
+    """``ebft.shared_prefix`` (each chunk's prefix computed once for its n copies, in the policy's forward and the
+    features') and ``ebft.logits_chunk`` (logits a few positions at a time) against the released whole-sequence
+    forwards: the same rewards, losses, gradient norms and weights, every loss term on, with micro-batches that split
+    a chunk's copies (fp32)."""
+    finetune = FinetuneConfig(mode=mode, lora=LoraSettings(r=4, alpha=8))
+    kw = {"max_steps": 2, "gamma": 0.1, "kl_coef": 0.05, "micro_batch_size": 4, "finetune": finetune}
+    run(tiny_model_dir, records, tmp_path / "whole", shared_prefix=False, logits_chunk=0, **kw)
+    run(tiny_model_dir, records, tmp_path / "shared", shared_prefix=True, logits_chunk=5, **kw)
+    keys = ("reward", "alignment", "diversity", "ce", "policy_loss", "kl", "loss", "grad_norm")
+    assert_same_update(tmp_path / "whole", tmp_path / "shared", keys, rel=1e-4, abs=1e-6, weights=mode == "lora")
