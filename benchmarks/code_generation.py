@@ -1,13 +1,14 @@
-"""Code-evaluation generation: ``evals.code.generate`` (early stop per sequence) against plain ``model.generate``.
+"""Code-evaluation generation: ``evals.decode.decode`` (what the evaluations use) against transformers' ``generate``
+with the same early stop (``evals.code.hf_generate``, the evaluations' sampler until issue 13).
 
     python -m benchmarks.code_generation --model-dir results/cpu/models/smollm2 --prompt-format chat \
         [--problems 16 --n 4 --max-new-tokens 192 --batch-size 16]
 
-Both sample the same HumanEval prompts with the same seed, settings and batch size; the reference runs
-transformers' ``generate`` to ``max_new_tokens`` (or EOS) with no stopping criterion, as an evaluation without stop
-sequences would. The stopping criterion decodes every sequence at each step, so with a model that never stops early
-(random weights) the ratio measures its overhead; with a real model it measures what early stopping saves.
-Prints one JSON object: seconds, generated tokens and the ratio ours/reference.
+Both sample the same HumanEval prompts with the same settings, batch size and stopping rule (a closed code block, or
+HumanEval's stop sequences), in one process. ``generate`` runs a batch until its longest sequence ends and prefills
+each prompt n times; ``decode`` sorts prompts by length, prefills each once and drops finished rows. Their random
+streams differ, so the sampled completions (and their lengths) differ; the generated-token counts are printed with
+the times. Prints one JSON object: seconds, generated tokens and the ratio ours/reference.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 
 from ebft.config import CodeEvalConfig
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer
-from evals.code import code_done, code_prompt, generate, load_problems
+from evals.code import code_done, code_prompt, hf_generate, load_problems
+from evals.decode import decode
 
 
 def run(model_dir, prompt_format: str, problems: int, n: int, max_new_tokens: int, batch_size: int,
@@ -33,26 +35,27 @@ def run(model_dir, prompt_format: str, problems: int, n: int, max_new_tokens: in
     cfg = CodeEvalConfig(human_eval_heldout=64, max_problems=problems)
     prompts = [code_prompt(p, tokenizer, prompt_format) for p in load_problems("human_eval", None, cfg, 43)]
     settings = dict(n=n, greedy=False, temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, seed=0)  # fmt: skip
+                    batch_size=batch_size, done=code_done(prompt_format), seed=0)  # fmt: skip
 
-    def timed(done):
+    def timed(sampler):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()
-        outs = generate(model, tokenizer, prompts, done=done, **settings)
+        outs = sampler(model, tokenizer, prompts, **settings)
         if device.type == "cuda":
             torch.cuda.synchronize()
         tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for group in outs for o in group)
         return time.time() - t0, tokens
 
-    timed(None) if device.type == "cuda" else None  # CUDA warm-up
-    ours_s, ours_tokens = timed(code_done(prompt_format))
-    ref_s, ref_tokens = timed(None)
+    timed(decode) if device.type == "cuda" else None  # CUDA warm-up
+    ours_s, ours_tokens = timed(decode)
+    ref_s, ref_tokens = timed(hf_generate)
     return {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
             "dtype": str(dtype), "prompt_format": prompt_format, "problems": len(prompts), "n": n,
-            "max_new_tokens": max_new_tokens, "ours_s": round(ours_s, 2), "reference_s": round(ref_s, 2),
-            "ours_tokens": ours_tokens, "reference_tokens": ref_tokens,
-            "ours_over_reference": round(ours_s / ref_s, 3)}  # fmt: skip
+            "max_new_tokens": max_new_tokens, "threads": torch.get_num_threads(), "ours_s": round(ours_s, 2),
+            "reference_s": round(ref_s, 2), "ours_tokens": ours_tokens, "reference_tokens": ref_tokens,
+            "ours_over_reference": round(ours_s / ref_s, 3),
+            "ours_over_reference_per_token": round((ours_s / ours_tokens) / (ref_s / ref_tokens), 3)}  # fmt: skip
 
 
 def main() -> None:

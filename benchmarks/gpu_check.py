@@ -5,8 +5,9 @@
 Builds a random-init model from a public architecture config (Qwen2.5-1.5B by default) with SmolLM2's tokenizer,
 then, each section on its own so one failure does not hide the others:
 
-- ``ebft``: two EBFT steps (bf16 autocast, full fine-tuning, L = 1024, c = s = G = 8, n = 4, 2 chunks per step) and
-  two SFT steps on the same chunks, seconds per step and peak memory;
+- ``ebft``: three EBFT steps (bf16 autocast, full fine-tuning, L = 1024, c = s = G = 8, n = 4, 2 chunks per step)
+  on the released whole-sequence path, on the shared-prefix path with chunked logits, and on it with gradient
+  checkpointing; and three SFT steps on the same chunks: seconds per step (with its parts) and peak memory;
 - ``rlvr``: two GRPO steps through TRL (2 prompts × 4 completions, up to 256 new tokens; random weights never stop
   early, so this is the worst case) with the sandboxed unit-test reward;
 - ``generation``: ``benchmarks.code_generation`` (16 HumanEval prompts × 4 samples × 512 tokens): the early-stop
@@ -65,14 +66,21 @@ def section_ebft(model_dir: Path, work: Path) -> dict:
     records = code_records(64)
     full = FinetuneConfig(mode="full")
     res = {}
-    torch.cuda.reset_peak_memory_stats()
-    cfg = EBFTConfig(c=8, s=8, G=8, n=4, batch_size=2, max_steps=3, checkpoint_every=100, lr=1e-6)
-    t0 = time.time()
-    summary = train_ebft(base_dir=model_dir, start_dir=model_dir, train_records=records, chunk_length=1024,
-                         finetune=full, cfg=cfg, precision="bf16", seed=43, out=work / "ebft")  # fmt: skip
-    res["ebft"] = {"steps": summary["steps"], "wall_s": round(time.time() - t0, 1),
-                   "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
-                   "metrics": (work / "ebft" / "train_metrics.csv").read_text()}  # fmt: skip
+    variants = {  # the released whole-sequence forwards; the shared prefix with chunked logits; and with checkpointing
+        "ebft_whole": ({"shared_prefix": False, "logits_chunk": 0}, full),
+        "ebft": ({}, full),
+        "ebft_checkpointed": ({}, FinetuneConfig(mode="full", gradient_checkpointing=True)),
+    }
+    for name, (settings, finetune) in variants.items():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        cfg = EBFTConfig(c=8, s=8, G=8, n=4, batch_size=2, max_steps=3, checkpoint_every=100, lr=1e-6, **settings)
+        t0 = time.time()
+        summary = train_ebft(base_dir=model_dir, start_dir=model_dir, train_records=records, chunk_length=1024,
+                             finetune=finetune, cfg=cfg, precision="bf16", seed=43, out=work / name)  # fmt: skip
+        res[name] = {"steps": summary["steps"], "wall_s": round(time.time() - t0, 1),
+                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                     "metrics": (work / name / "train_metrics.csv").read_text()}  # fmt: skip
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     sft = SFTConfig(batch_size=2, max_steps=3, lr=1e-6, scheduler="constant", warmup_ratio=0.0)

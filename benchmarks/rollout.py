@@ -10,7 +10,9 @@ ratios are meaningful even on a busy machine. Prints one JSON object:
   plain causal forward over n × S tokens, S = L + NB·G), per precision;
 - ``ratios``: uncached/cached and naive/cached (speed-ups, targets ≥ 5 and ≥ 10) and cached/forward (target ≤ 1.5);
 - ``agreement``: fraction of tokens on which cached and uncached agree for the same seed (1.0 expected in fp32);
-- ``train_step``: one EBFT optimiser step (LoRA, the cpu profile's settings) and one SFT step on the same chunk.
+- ``train_step``: an EBFT optimiser step (LoRA, the cpu profile's settings) on the whole-sequence path and on the
+  shared-prefix path, each with its parts (sampling, features, policy forward and backward, optimiser), and an SFT
+  step on the same chunk; ratios EBFT/SFT and shared/whole.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def real_chunk(tokenizer, length: int) -> torch.Tensor:
@@ -87,31 +93,48 @@ def rollouts(model, chunk, args, dtype) -> dict:
 
 
 def train_steps(model_dir, chunk, args, precision: str) -> dict:
-    """One EBFT step (n copies of the chunk) and one SFT step (the chunk), LoRA, the trainer's own code paths."""
+    """EBFT steps (n copies of the chunk) on the whole-sequence path (the released computation) and the shared-prefix
+    path, each split into its parts, and one SFT step on the chunk; LoRA, the trainer's own code paths, one warm-up
+    step each, then the median of ``--steps`` steps."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     from baselines.sft import sft_step
     from ebft.packing import PackedChunks
-    from ebft.trainer import ebft_step
+    from ebft.trainer import StridedPolicy, ebft_step
 
     AcceleratorState._reset_state(True)  # one process measures both precisions
     acc = Accelerator(cpu=True, mixed_precision="bf16" if precision == "bf16" else "no")
-    policy = make_trainable(load_causal_lm(model_dir, dropout=0.0), FinetuneConfig(mode="lora"))
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
+    model = make_trainable(load_causal_lm(model_dir, dropout=0.0), FinetuneConfig(mode="lora"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    policy, opt = acc.prepare(policy, opt)
+    policy, opt = acc.prepare(StridedPolicy(model), opt)
     ones = torch.ones_like(chunk, dtype=torch.bool)
     batch = PackedChunks(chunk, ones, ones, torch.zeros_like(chunk))
-    cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1)
     valid = torch.ones(1, strided.num_blocks(chunk.shape[1], args.c, args.s, args.G), dtype=torch.bool)
-    ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
-    t_ebft, row = _timed(lambda: ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1]))
+    parts = ("sample_s", "features_s", "policy_s", "optimizer_s")
+    out = {}
+    for path, shared in (("whole", False), ("shared", True)):
+        cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1,
+                         shared_prefix=shared)  # fmt: skip
+        ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
+        rows = [ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]) for i in range(args.steps)]
+        out[f"ebft_{path}"] = {k.removesuffix("_time_s").removesuffix("_s") + "_s": _median([r[k] for r in rows])
+                               for k in ("step_time_s", *parts)}  # fmt: skip
     with acc.autocast():
-        sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0)
-        t_sft, _ = _timed(lambda: sft_step(policy, opt, sched, acc, [(chunk, ones)], 1.0))
-    return {"ebft_step_s": round(t_ebft, 3), "ebft_sampling_s": row["sample_s"], "sft_step_s": round(t_sft, 3),
-            "ebft/sft": round(t_ebft / t_sft, 2)}  # fmt: skip
+        sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0)
+        times = sorted(_timed(lambda: sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0))[0]
+                       for _ in range(args.steps))  # fmt: skip
+    out["sft_step_s"] = round(times[len(times) // 2], 3)
+    whole, shared = out["ebft_whole"]["step_s"], out["ebft_shared"]["step_s"]
+    sample = {path: out[f"ebft_{path}"]["sample_s"] for path in ("whole", "shared")}
+    out["ratios"] = {
+        "ebft_shared/sft": round(shared / out["sft_step_s"], 2),
+        "ebft_whole/sft": round(whole / out["sft_step_s"], 2),
+        "shared/whole": round(shared / whole, 3),
+        "shared/whole without sampling": round((shared - sample["shared"]) / (whole - sample["whole"]), 3),
+    }
+    return out
 
 
 def main():
@@ -127,6 +150,8 @@ def main():
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--skip-naive", action="store_true", help="leave out the (slow) naive per-prefix generation")
     p.add_argument("--skip-train", action="store_true", help="leave out the EBFT and SFT step timings")
+    p.add_argument("--skip-rollouts", action="store_true", help="only the EBFT and SFT step timings")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per path (median)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     if args.threads:
@@ -140,7 +165,7 @@ def main():
         if precision == "bf16" and dtype is None:
             result["runs"][precision] = "skipped: this CPU lacks bf16"
             continue
-        run = rollouts(model, chunk, args, dtype)
+        run = {} if args.skip_rollouts else rollouts(model, chunk, args, dtype)
         if not args.skip_train:
             run["train_step"] = train_steps(args.model_dir, chunk, args, precision)
         result["runs"][precision] = run

@@ -15,12 +15,15 @@ Both read the same log-probabilities, losses and features, within floating-point
 compares them token by token and parameter by parameter). Gradient checkpointing drops the KV cache in transformers'
 layers, so a policy with it enabled takes the whole path.
 
-Log-probabilities come from the hidden states through the output head in chunks of ``logits_chunk`` positions
-(0: all at once). With chunks, each chunk's logits are recomputed in the backward pass instead of kept, so the
-(positions × vocabulary) fp32 logits of a whole batch are never held at once.
+The features run only the decoder layers up to one beyond their deepest depth fraction (at [0.25, 0.5, 0.75], 23 of
+SmolLM2's 30 layers). Log-probabilities come from the hidden states through the output head in chunks of
+``logits_chunk`` positions (0: all at once). With chunks, each chunk's logits are recomputed in the backward pass
+instead of kept, so the (positions × vocabulary) fp32 logits of a whole batch are never held at once.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -99,7 +102,7 @@ def _body_forward(body, seq, L, c, s, G, documents, shared: bool, **kw):
     U = len(first)
     docs_u = None if documents is None else documents[first]
     prefix_mask = strided.layout_mask(L, c, s, G, documents=docs_u, rows=slice(0, L), cols=L).to(seq.device)
-    cache = DynamicCache(config=body.config)
+    cache = DynamicCache(config=body.config)  # (layers beyond config.num_hidden_layers stay empty)
     pre = body(input_ids=seq[first, :L], attention_mask=strided.for_kernel(body, prefix_mask.expand(U, 1, L, L)),
                position_ids=pos[None, :L].expand(U, L), cache=cache, use_cache=True, **kw)  # fmt: skip
     cache.reorder_cache(inverse)  # each row attends to its chunk's keys and values (differentiably)
@@ -145,6 +148,19 @@ def policy_scores(
     return logp, nll if inverse is None else nll[inverse]
 
 
+@contextlib.contextmanager
+def first_layers(body, count: int):
+    """Run only the first ``count`` decoder layers of ``body`` (transformers' decoders loop over
+    ``layers[: config.num_hidden_layers]``); the features need none deeper than their deepest depth fraction."""
+    cfg = body.config
+    full = cfg.num_hidden_layers
+    cfg.num_hidden_layers = min(count, full)
+    try:
+        yield
+    finally:
+        cfg.num_hidden_layers = full
+
+
 @torch.no_grad()
 def strided_features(
     net, seq: torch.Tensor, L: int, c: int, s: int, G: int, *, layers: list[float], pooling: str,
@@ -153,8 +169,10 @@ def strided_features(
     """Ground-truth and generated block features (R, NB, D) of strided rows seq (R, S) from the feature network
     ``net`` (``ebft.features``), whole or with each distinct chunk's prefix computed once."""
     body = backbone(net)
-    pre, gen, inverse = _body_forward(body, seq, L, c, s, G, documents, shared, output_hidden_states=True)
-    idx = layer_indices(len(pre.hidden_states) - 1, layers)
+    idx = layer_indices(body.config.num_hidden_layers, layers)
+    # one layer beyond the deepest feature: the last hidden state comes out normalised, the ones before it do not
+    with first_layers(body, max(idx) + 1):
+        pre, gen, inverse = _body_forward(body, seq, L, c, s, G, documents, shared, output_hidden_states=True)
     if inverse is None:
         feats = token_features(pre.hidden_states, idx)
     else:

@@ -45,8 +45,9 @@ from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_tra
 from ebft.packing import PackedChunks, pack_records
 from ebft.rewards import feature_rewards, rloo_advantages
 
+TIMINGS = ["rollout_tokens_per_s", "sample_s", "features_s", "policy_s", "optimizer_s", "step_time_s"]  # wall clock
 FIELDS = ["step", "epoch", "reward", "alignment", "diversity", "fm_estimate", "ce", "policy_loss", "kl", "loss",
-          "grad_norm", "valid_blocks", "lr", "rollout_tokens_per_s", "sample_s", "step_time_s"]  # fmt: skip
+          "grad_norm", "valid_blocks", "lr", *TIMINGS]  # fmt: skip
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -196,6 +197,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
                                           documents=docs[m] if docs is not None else None, shared=cfg.shared_prefix)
                  for m in micro]  # fmt: skip
     gt_feat, gen_feat = (torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in (0, 1))
+    features_s = time.time() - t0 - sample_s
     gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
     gt_feat = gt_feat.view(B, n, NB, -1)[:, 0]  # (B, NB, D): identical across copies
     scores = [feature_rewards(gen_feat[b], gt_feat[b], alpha=cfg.alpha, beta=cfg.beta, whitening=cfg.whitening)
@@ -220,6 +222,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     targets = batch.valid.to(device).repeat_interleave(n, dim=0)  # (B·n, L)
     ce_tokens = optim.global_sum(accelerator, targets[:, 1:].sum()).clamp_min(1)  # token_nll's targets, whole batch
     terms = {"policy_loss": 0.0, "ce": 0.0, "kl": 0.0, "loss": 0.0}
+    t_policy_start = time.time()
     for i, m in enumerate(micro):
         last = i == len(micro) - 1
         with accelerator.no_sync(policy) if not last else contextlib.nullcontext():  # DDP all-reduces once
@@ -242,11 +245,14 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
             terms[name] = terms[name] + value.detach()
         del logp, nll
     policy_loss, ce, kl, loss = (terms[k] for k in ("policy_loss", "ce", "kl", "loss"))
+    t_policy = time.time()
+    policy_s = t_policy - t_policy_start
     grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    optimizer_s = time.time() - t_policy
 
     k = keep.float()
     denom = optim.global_sum(accelerator, k.sum()).clamp_min(1)
@@ -263,6 +269,7 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
         "policy_loss": global_mean(policy_loss), "kl": global_mean(kl), "loss": global_mean(loss),
         "grad_norm": float(grad_norm), "valid_blocks": int(optim.global_sum(accelerator, valid.sum())), "lr": lr,
         "rollout_tokens_per_s": round(B * n * NB * G / max(sample_s, 1e-9), 1), "sample_s": round(sample_s, 3),
+        "features_s": round(features_s, 3), "policy_s": round(policy_s, 3), "optimizer_s": round(optimizer_s, 3),
         "step_time_s": round(time.time() - t0, 3),
     }  # fmt: skip
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ebft.config import CodeEvalConfig, HumanEvalSource
 from ebft.errors import UserError
 from ebft.paths import atomic_write
+from evals.decode import decode
 from evals.metrics import pass_at_k
 from evals.stats import bootstrap_ratio_ci
 
@@ -231,7 +232,7 @@ class StopWhen:
 
 
 @torch.no_grad()
-def generate(
+def hf_generate(
     model,
     tokenizer,
     prompts: Sequence[str],
@@ -245,7 +246,9 @@ def generate(
     done: Callable[[str], bool] | None,
     seed: int,
 ) -> list[list[str]]:
-    """``n`` completions per prompt (left-padded batches; each batch seeded from ``seed`` and its index).
+    """``n`` completions per prompt from transformers' ``generate`` (left-padded batches; each batch seeded from
+    ``seed`` and its index): the reference :func:`evals.decode.decode` (what the evaluations use) is checked and
+    timed against.
 
     A sequence stops at EOS, after ``max_new_tokens``, or once ``done(its completion so far)`` holds (None: never).
     """
@@ -349,7 +352,7 @@ def evaluate_code(
     model = load_causal_lm(model_dir, dtype=dtype, attention=attention).to(device).eval()
     prompts = [code_prompt(p, tokenizer, prompt_format) for p in problems]
     started = time.time()
-    completions = generate(
+    completions = decode(
         model,
         tokenizer,
         prompts,

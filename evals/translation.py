@@ -189,7 +189,8 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
     import torch
 
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer
-    from evals.code import generate, render
+    from evals.code import render
+    from evals.decode import decode
 
     pairs = select_pairs(records, cfg.max_pairs, cfg.max_records)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -201,7 +202,7 @@ def evaluate_translation(model_dir: Path, records: list[dict], prompt_format: st
     samples, rows, timings = [], [], {}
     for name, greedy in decodings.items():
         started = time.time()
-        outputs = generate(model, tokenizer, prompts, n=1, greedy=greedy, temperature=cfg.temperature,
+        outputs = decode(model, tokenizer, prompts, n=1, greedy=greedy, temperature=cfg.temperature,
                            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            done=first_line_done, seed=seed)  # fmt: skip
         timings[f"{name}_generation_s"] = round(time.time() - started, 2)

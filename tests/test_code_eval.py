@@ -126,3 +126,58 @@ def test_heldout_problems_come_from_the_task_data(tmp_path):
     file = tmp_path / "heldout.jsonl"
     file.write_text("".join(json.dumps(p) + "\n" for p in held[:3]) + json.dumps({**held[3], "tests": None}) + "\n")
     assert [p["id"] for p in load_problems("heldout", file, cfg, seed=43)] == [p["id"] for p in held[:3]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling (evals.decode): prompts sorted by length, one prefill per prompt, finished rows dropped
+# --------------------------------------------------------------------------------------------------
+
+DECODE_PROMPTS = ["def f(x):", "import os\nimport sys\n\ndef main(argv):\n    '''Run.'''", "x", "class A:\n    pass",
+                  "# a longer comment line, so that the batch needs real left padding\ndef g():"]  # fmt: skip
+
+
+def stops_at_a_vowel(text: str) -> bool:  # ends rows at different steps, some never
+    return any(v in text for v in "aeiou")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    from ebft.models import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+
+
+@pytest.mark.parametrize("done", [None, stops_at_a_vowel], ids=["to-the-limit", "early-stop"])
+def test_greedy_decoding_equals_transformers_generate(tiny_lm, done):
+    """Greedy completions of the evaluations' sampler equal transformers' generate with the same stops, for prompts of
+    different lengths in batches that need left padding and lose finished rows."""
+    from evals.code import hf_generate
+    from evals.decode import decode
+
+    model, tok = tiny_lm
+    kw = dict(greedy=True, temperature=0.6, top_p=0.95, max_new_tokens=12, batch_size=2, done=done, seed=0)
+    ours = decode(model, tok, DECODE_PROMPTS, n=1, **kw)
+    assert ours == hf_generate(model, tok, DECODE_PROMPTS, n=1, **kw)  # generate refuses greedy with n > 1
+    assert decode(model, tok, DECODE_PROMPTS, n=2, **kw) == [group * 2 for group in ours]  # the prefill's copies
+    lengths = {len(tok(c, add_special_tokens=False)["input_ids"]) for group in ours for c in group}
+    assert len(lengths) > 1 if done else lengths  # some rows stopped early
+
+
+def test_a_sampled_completion_depends_on_its_seed_not_on_its_batch(tiny_lm):
+    """Each sample draws from its own stream (seed, prompt, sample): the same completions whatever the batch size, a
+    prompt's samples differ from each other, another seed gives others, and every stop rule holds."""
+    from evals.decode import decode
+
+    model, tok = tiny_lm
+    kw = dict(n=3, greedy=False, temperature=1.0, top_p=0.9, max_new_tokens=10, done=stops_at_a_vowel)
+    one = decode(model, tok, DECODE_PROMPTS, batch_size=1, seed=5, **kw)
+    assert decode(model, tok, DECODE_PROMPTS, batch_size=4, seed=5, **kw) == one
+    assert decode(model, tok, DECODE_PROMPTS, batch_size=4, seed=6, **kw) != one
+    assert [len(group) for group in one] == [3] * len(DECODE_PROMPTS)
+    assert any(len(set(group)) > 1 for group in one)
+    for group in one:
+        for text in group:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert len(ids) <= 10
+            # a completion ends at its first vowel: no text before its last token already held one
+            assert not stops_at_a_vowel(tok.decode(ids[:-1])) if ids else True

@@ -117,3 +117,32 @@ def test_a_model_with_transformed_logits_is_refused():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         scoring.output_head(model)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "whole"])
+def test_features_run_only_the_layers_they_read_and_equal_the_full_forwards_hidden_states(shared):
+    """The features at depths [0.25, 0.5] of a 4-layer model read hidden states 1 and 2: the forward runs 3 layers
+    (one beyond the deepest, whose output comes out normalised), and they equal those of a forward through all."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ebft.features import pool_blocks, token_features
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    L, c, s, G = CTX_LAYOUT
+    seq, _, docs, _ = BATCHES[True]
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, layer in enumerate(model.model.layers)]
+    got = scoring.strided_features(model, seq, L, c, s, G, layers=[0.25, 0.5], pooling="mean", documents=docs,
+                                   shared=shared)  # fmt: skip
+    for hook in hooks:
+        hook.remove()
+    assert set(calls) == {0, 1, 2} and model.config.num_hidden_layers == 4  # and the config is restored
+    with torch.no_grad():
+        out = model.model(input_ids=seq, **strided.sequence_inputs(model, seq, L, c, s, G, docs), use_cache=False,
+                          output_hidden_states=True)  # fmt: skip
+    want = pool_blocks(token_features(out.hidden_states, [1, 2]), L, c, s, G, "mean")
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,110 @@
+"""Sampling completions for the downstream evaluations, with a KV cache and without work on finished sequences.
+
+``transformers``' ``generate`` runs a batch until its longest sequence ends (a finished row keeps being computed,
+as padding) and prefills each prompt once per requested sample. :func:`decode` instead
+
+- sorts the prompts by length before batching them (less left padding), and returns completions in prompt order;
+- prefills each prompt once and copies its keys and values for its n samples;
+- drops a row from the batch (its cache rows too) as soon as it ends: at an end-of-sequence token, once
+  ``done(its text so far)`` holds, or after ``max_new_tokens``;
+- draws each sample from a random stream of its own, seeded from (seed, prompt index, sample index), with the
+  nucleus sampling of EBFT's sampler (``ebft.strided``; temperature, then top-p, no top-k); temperature 0 or
+  ``greedy`` is greedy.
+
+So a completion does not depend on the batch size, on which other prompts share its batch or on when they end,
+except through floating-point rounding of batched arithmetic. Greedy completions equal ``generate``'s
+(``tests/test_code_eval.py``); ``benchmarks.code_generation`` times both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ebft.strided import derive_seed, draw_tokens
+
+
+def end_ids(model, tokenizer) -> set[int]:
+    """The token ids that end a sequence: the generation config's end-of-sequence ids and the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list | tuple) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def decode(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    done: Callable[[str], bool] | None,
+    seed: int,
+    desc: str | None = None,
+) -> list[list[str]]:
+    """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    greedy = greedy or temperature == 0
+    stops = end_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
+    out: list[list[str]] = [[] for _ in prompts]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for members in tqdm(batches, desc=desc or f"generate ({n} per prompt)", unit="batch"):
+        width = max(len(encoded[i]) for i in members)
+        ids = torch.full((len(members), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(members), width), dtype=torch.long)
+        for row, i in enumerate(members):  # left padding
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # fmt: skip
+        # every prompt's keys and values, copied for its n samples: row r is sample r % n of prompt members[r // n]
+        cache.batch_repeat_interleave(n)
+        logits, mask = logits.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        position = positions[:, -1].repeat_interleave(n) + 1
+        rows = [(i, j) for i in members for j in range(n)]
+        streams = [torch.Generator(device=device).manual_seed(derive_seed(seed, i, j)) for i, j in rows]
+        tokens: list[list[int]] = [[] for _ in rows]
+        texts = [""] * len(rows)
+        live = list(range(len(rows)))  # the rows still in the batch, in batch order
+        for _ in range(max_new_tokens):
+            drawn = draw_tokens(logits, 0.0 if greedy else temperature, top_p, [streams[r] for r in live])
+            keep = []
+            for slot, (r, token) in enumerate(zip(live, drawn.tolist(), strict=True)):
+                tokens[r].append(token)
+                ended = token in stops or len(tokens[r]) == max_new_tokens
+                if not ended and done is not None:
+                    texts[r] = tokenizer.decode(tokens[r], skip_special_tokens=True)
+                    ended = done(texts[r])
+                if not ended:
+                    keep.append(slot)
+            if not keep:
+                break
+            if len(keep) < len(live):  # finished rows leave the batch, their cache rows too
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, position, drawn = mask[index], position[index], drawn[index]
+                live = [live[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            logits = model(input_ids=drawn[:, None], attention_mask=mask, position_ids=position[:, None], cache=cache,
+                           use_cache=True).logits[:, -1]  # fmt: skip
+            position = position + 1
+        for r, (i, _) in enumerate(rows):
+            out[i].append(tokenizer.decode(tokens[r], skip_special_tokens=True))
+    return out
