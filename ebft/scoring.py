@@ -88,9 +88,10 @@ def distinct_chunks(seq: torch.Tensor, L: int, documents: torch.Tensor | None = 
 def _body_forward(body, seq, L, c, s, G, documents, shared: bool, **kw):
     """Hidden-state outputs of ``body`` over strided rows seq (R, S).
 
-    Returns (prefix outputs, generated outputs, inverse): with ``shared``, the prefix outputs cover the U distinct
-    chunks (L positions each) and ``inverse`` maps each row to its chunk; the generated outputs cover each row's NB·G
-    generated positions. Without it, one output covers all S positions of every row, given twice, inverse = None."""
+    Returns (prefix outputs, generated outputs, chunks): with ``shared``, the prefix outputs cover the U distinct
+    chunks (L positions each), the generated outputs each row's NB·G generated positions, and ``chunks`` is
+    :func:`distinct_chunks`' (first row of each chunk, chunk of each row). Without it, one output covers all S
+    positions of every row, given twice, and chunks is None."""
     from transformers import DynamicCache
 
     R, S = seq.shape
@@ -109,7 +110,7 @@ def _body_forward(body, seq, L, c, s, G, documents, shared: bool, **kw):
     gen_mask = strided.layout_mask(L, c, s, G, documents=documents, rows=slice(L, S), cols=S).to(seq.device)
     gen = body(input_ids=seq[:, L:], attention_mask=strided.for_kernel(body, gen_mask.expand(R, 1, S - L, S)),
                position_ids=pos[None, L:].expand(R, S - L), cache=cache, use_cache=True, **kw)  # fmt: skip
-    return pre, gen, inverse
+    return pre, gen, (first, inverse)
 
 
 def policy_scores(
@@ -126,26 +127,26 @@ def policy_scores(
     body, head = backbone(model), output_head(model)
     R, S = seq.shape
     NB = strided.num_blocks(L, c, s, G)
-    pre, gen, inverse = _body_forward(body, seq, L, c, s, G, documents, shared)
+    pre, gen, chunks = _body_forward(body, seq, L, c, s, G, documents, shared)
     h_pre, h_gen = pre.last_hidden_state, gen.last_hidden_state
     D = h_pre.shape[-1]
     first_pred = c + torch.arange(NB, device=seq.device) * s - 1  # the prompt positions predicting step 0
     gen_tokens = seq[:, strided.generated_index(L, NB, G).to(seq.device)]  # (R, G, NB)
     # step 0 is predicted from the ground truth, steps t > 0 from the block's token t − 1 (the last step predicts
     # nothing); h_gen's generated positions start at L (whole path) or 0 (shared path)
-    offset = L if inverse is None else 0
-    step0 = h_pre[:, first_pred] if inverse is None else h_pre[inverse][:, first_pred]  # (R, NB, D)
+    offset = L if chunks is None else 0
+    step0 = h_pre[:, first_pred] if chunks is None else h_pre[chunks[1]][:, first_pred]  # (R, NB, D)
     later = h_gen[:, offset : offset + (G - 1) * NB]  # (R, (G−1)·NB, D), step-major like gen_tokens
     hidden = torch.cat([step0, later], dim=1).reshape(-1, D)
     logp = head_logprobs(head, hidden, gen_tokens.reshape(-1), temperature, logits_chunk)
     logp = logp.view(R, G, NB).transpose(1, 2)  # (R, NB, G)
 
     # CE: position j of the chunk predicts token j + 1; computed once per distinct chunk on the shared path
-    ce_rows = torch.arange(R, device=seq.device) if inverse is None else distinct_chunks(seq, L, documents)[0]
+    ce_rows = torch.arange(R, device=seq.device) if chunks is None else chunks[0]
     chunk_ids, counted = seq[ce_rows, :L], targets[ce_rows, 1:]
     nll = -head_logprobs(head, h_pre[:, : L - 1].reshape(-1, D), chunk_ids[:, 1:].reshape(-1), 1.0, logits_chunk)
     nll = (nll.view(len(ce_rows), L - 1) * counted).sum(dim=1)
-    return logp, nll if inverse is None else nll[inverse]
+    return logp, nll if chunks is None else nll[chunks[1]]
 
 
 @contextlib.contextmanager
@@ -172,9 +173,10 @@ def strided_features(
     idx = layer_indices(body.config.num_hidden_layers, layers)
     # one layer beyond the deepest feature: the last hidden state comes out normalised, the ones before it do not
     with first_layers(body, max(idx) + 1):
-        pre, gen, inverse = _body_forward(body, seq, L, c, s, G, documents, shared, output_hidden_states=True)
-    if inverse is None:
+        pre, gen, chunks = _body_forward(body, seq, L, c, s, G, documents, shared, output_hidden_states=True)
+    if chunks is None:
         feats = token_features(pre.hidden_states, idx)
     else:
-        feats = torch.cat([token_features(pre.hidden_states, idx)[inverse], token_features(gen.hidden_states, idx)], 1)
+        feats = torch.cat([token_features(pre.hidden_states, idx)[chunks[1]], token_features(gen.hidden_states, idx)],
+                          dim=1)  # fmt: skip
     return pool_blocks(feats, L, c, s, G, pooling)
