@@ -119,13 +119,12 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
                          shared_prefix=shared)  # fmt: skip
         ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
         rows = [ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]) for i in range(args.steps)]
-        out[f"ebft_{path}"] = {k.removesuffix("_time_s").removesuffix("_s") + "_s": _median([r[k] for r in rows])
-                               for k in ("step_time_s", *parts)}  # fmt: skip
+        out[f"ebft_{path}"] = {"step_s": _median([r["step_time_s"] for r in rows]),
+                               **{k: _median([r[k] for r in rows]) for k in parts}}  # fmt: skip
     with acc.autocast():
         sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0)
-        times = sorted(_timed(lambda: sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0))[0]
-                       for _ in range(args.steps))  # fmt: skip
-    out["sft_step_s"] = round(times[len(times) // 2], 3)
+        times = [_timed(lambda: sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0))[0] for _ in range(args.steps)]
+    out["sft_step_s"] = round(_median(times), 3)
     whole, shared = out["ebft_whole"]["step_s"], out["ebft_shared"]["step_s"]
     sample = {path: out[f"ebft_{path}"]["sample_s"] for path in ("whole", "shared")}
     out["ratios"] = {

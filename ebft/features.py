@@ -68,7 +68,12 @@ def feature_network(policy, frozen_copy=None):
     return adapter_off()
 
 
+def base_model(model):
+    """The transformers model inside a (possibly) peft-wrapped one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone(model):
     """The transformer body without the LM head (no (B, S, V) logits are needed for features)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return getattr(base, base.base_model_prefix, base)

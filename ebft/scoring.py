@@ -29,13 +29,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ebft import strided
-from ebft.features import backbone, layer_indices, pool_blocks, token_features
+from ebft.features import backbone, base_model, layer_indices, pool_blocks, token_features
 
 
 def output_head(model):
     """The output projection (hidden states → logits) of a (possibly peft-wrapped) causal LM; refuses a model whose
     logits are not plainly that projection (soft-capped or scaled logits)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     cfg = base.config
     for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(cfg, name, None) not in (None, 1, 1.0):
@@ -45,8 +45,7 @@ def output_head(model):
 
 def checkpointed(model) -> bool:
     """Whether transformers' activation checkpointing is on in ``model`` (it then drops KV caches in training)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+    return any(getattr(m, "gradient_checkpointing", False) for m in base_model(model).modules())
 
 
 def _chunk_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -72,34 +71,21 @@ def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, temperature
     return torch.cat(parts)
 
 
-def distinct_chunks(seq: torch.Tensor, L: int, documents: torch.Tensor | None = None):
-    """The distinct ground-truth chunks of strided rows seq (R, S): (index of one row per distinct chunk (U,),
-    inverse (R,): the distinct chunk of each row)."""
-    key = seq[:, :L] if documents is None else torch.cat([seq[:, :L], documents], dim=1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    U = int(inverse.max()) + 1
-    rows = torch.arange(len(inverse), device=seq.device)
-    first = torch.full((U,), len(inverse), device=seq.device, dtype=torch.long).scatter_reduce(
-        0, inverse, rows, reduce="amin"
-    )
-    return first, inverse
-
-
 def _body_forward(body, seq, L, c, s, G, documents, shared: bool, **kw):
     """Hidden-state outputs of ``body`` over strided rows seq (R, S).
 
     Returns (prefix outputs, generated outputs, chunks): with ``shared``, the prefix outputs cover the U distinct
     chunks (L positions each), the generated outputs each row's NB·G generated positions, and ``chunks`` is
-    :func:`distinct_chunks`' (first row of each chunk, chunk of each row). Without it, one output covers all S
-    positions of every row, given twice, and chunks is None."""
+    :func:`ebft.strided.distinct_chunks`' (first row of each chunk, chunk of each row). Without it, one output covers
+    all S positions of every row, given twice, and chunks is None."""
     from transformers import DynamicCache
 
     R, S = seq.shape
-    pos = strided.position_ids(L, c, s, G).to(seq.device)
     if not shared:
         out = body(input_ids=seq, **strided.sequence_inputs(body, seq, L, c, s, G, documents), use_cache=False, **kw)
         return out, out, None
-    first, inverse = distinct_chunks(seq, L, documents)
+    pos = strided.position_ids(L, c, s, G).to(seq.device)
+    first, inverse = strided.distinct_chunks(seq, L, documents)
     U = len(first)
     docs_u = None if documents is None else documents[first]
     prefix_mask = strided.layout_mask(L, c, s, G, documents=docs_u, rows=slice(0, L), cols=L).to(seq.device)

@@ -253,6 +253,20 @@ def _sample_uncached(model, chunks, c, s, G, NB, temperature, top_p, generator, 
     return seq[:, L:].view(B, G, NB).transpose(1, 2).contiguous()
 
 
+def distinct_chunks(seq: torch.Tensor, L: int, documents: torch.Tensor | None = None):
+    """The distinct chunks (with their documents, if given) among the first L tokens of rows seq (R, ≥ L): (index of
+    one row per distinct chunk (U,), in ``torch.unique``'s sorted order; inverse (R,): the distinct chunk of each
+    row)."""
+    key = seq[:, :L] if documents is None else torch.cat([seq[:, :L], documents], dim=1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    U = int(inverse.max()) + 1
+    rows = torch.arange(len(inverse), device=seq.device)
+    first = torch.full((U,), len(inverse), device=seq.device, dtype=torch.long).scatter_reduce(
+        0, inverse, rows, reduce="amin"
+    )
+    return first, inverse
+
+
 def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, documents):
     from transformers import DynamicCache
 
@@ -260,22 +274,21 @@ def _sample_cached(model, chunks, c, s, G, NB, temperature, top_p, generator, do
     device = chunks.device
     pos = position_ids(L, c, s, G).to(device)
     # Prefill each distinct chunk once (the n rollouts of a chunk are copies), then expand the cache to all rows.
-    key = chunks if documents is None else torch.cat([chunks, documents], dim=1)
-    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
-    U = unique.shape[0]
-    unique_docs = None if documents is None else unique[:, L:]
+    first, inverse = distinct_chunks(chunks, L, documents)
+    U = len(first)
+    unique_docs = None if documents is None else documents[first]
     prefill = layout_mask(L, c, s, G, documents=unique_docs, rows=slice(0, L), cols=L)
     prefill_mask = _expand(prefill, U, device, model)
     cache = DynamicCache(config=model.config)
     out = model(
-        input_ids=unique[:, :L],
+        input_ids=chunks[first],
         attention_mask=prefill_mask,
         position_ids=pos[None, :L].expand(U, L),
         cache=cache,
         use_cache=True,
         logits_to_keep=c + torch.arange(NB, device=device) * s - 1,  # the positions predicting step 0
     )
-    # Row b of the batch is the chunk unique[inverse[b]]: it takes that chunk's keys, values and step-0 logits. The
+    # Row b of the batch is the distinct chunk inverse[b]: it takes that chunk's keys, values and step-0 logits. The
     # gather is needed even when every chunk is distinct (U == B), as torch.unique sorts the rows: the cache, like the
     # logits, must be in batch order, or the decode steps of row b attend to another chunk's prompt.
     cache.reorder_cache(inverse)

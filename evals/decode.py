@@ -49,7 +49,6 @@ def decode(
     batch_size: int,
     done: Callable[[str], bool] | None,
     seed: int,
-    desc: str | None = None,
 ) -> list[list[str]]:
     """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch."""
     from transformers import DynamicCache
@@ -62,7 +61,7 @@ def decode(
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     out: list[list[str]] = [[] for _ in prompts]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for members in tqdm(batches, desc=desc or f"generate ({n} per prompt)", unit="batch"):
+    for members in tqdm(batches, desc=f"generate ({n} per prompt)", unit="batch"):
         width = max(len(encoded[i]) for i in members)
         ids = torch.full((len(members), width), pad, dtype=torch.long)
         mask = torch.zeros((len(members), width), dtype=torch.long)
