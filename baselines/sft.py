@@ -57,6 +57,7 @@ def train_sft(
     # split_batches: the loader's batch is the global batch; each process takes its share of it
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+    optim.require_data_parallel(accelerator)
     optim.process_share(sft.batch_size, accelerator.num_processes, "sft.batch_size")
     set_seed(seed)
 

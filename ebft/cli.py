@@ -141,6 +141,47 @@ def cmd_prepare_data(args, job: Job):
     print(f"wrote {job.task} data to {out} ({sizes} records)")
 
 
+def launch_processes(args, job: Job, argv: list[str]) -> int:
+    """Run this same `ebft train` command as ``args.processes`` data-parallel processes, through accelerate's
+    launcher (torch's elastic agent, in this process): one per GPU, or CPU processes over gloo where there is none.
+
+    The processes see WORLD_SIZE and run the command themselves; each takes ``--threads / processes`` CPU threads.
+    This process stays their parent, so --stop-with-parent stops them with the workflow.
+    """
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from ebft import optim
+
+    if job.method == "rlvr":
+        raise UserError("--processes applies to SFT and EBFT; RLVR (TRL's GRPOTrainer) runs as one process here, "
+                        "so drop --processes or set launch.processes to 1 for it.")  # fmt: skip
+    config = Path(args.accelerate_config)
+    if not config.is_file():
+        raise UserError(f"the accelerate configuration {config} does not exist; point --accelerate-config (the "
+                        f"profile's launch.accelerate_config) at one, such as config/accelerate/ddp.yaml.")  # fmt: skip
+    if job.method == "sft":
+        optim.process_share(job.sft.batch_size, args.processes, "sft.batch_size")
+    else:
+        optim.process_share(job.ebft_config().batch_size, args.processes, "ebft.batch_size")
+    launch = launch_command_parser().parse_args(["--config_file", str(config), "--num_processes",
+                                                 str(args.processes), "--module", "ebft.cli", *argv])  # fmt: skip
+    try:
+        launch_command(launch)
+    except ChildFailedError as e:
+        failed = ", ".join(str(rank) for rank in sorted(e.failures))
+        print(f"ebft: error: training process(es) {failed} of {args.processes} failed; their messages are above.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def worker_threads(threads: int | None) -> int | None:
+    """A launched process's share of --threads: the job's cores are shared by the processes on its machine."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return None if threads is None else max(1, threads // local)
+
+
 def cmd_train(args, job: Job):
     from ebft.data import read_records
 
@@ -406,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "checkpoint when the task's ebft.init is sft)")  # fmt: skip
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", help="run folder (default results/<profile>/runs/<method>/<task>)")
+    sp.add_argument("--processes", type=positive_int, default=1,
+                    help="SFT and EBFT: data-parallel processes started through `accelerate launch` (one per GPU, "
+                         "or CPU processes over gloo); they share --threads (default 1)")  # fmt: skip
+    sp.add_argument("--accelerate-config", default="config/accelerate/ddp.yaml",
+                    help="accelerate's configuration file for --processes > 1 (default "
+                         "config/accelerate/ddp.yaml)")  # fmt: skip
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
     sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "
@@ -473,6 +520,7 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "schema":
         from ebft.schema import schema_text
@@ -490,7 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         from ebft.models import set_offline
 
         set_offline(True if job is None else job.offline)  # before any Hugging Face library is imported
-        _threads(args.threads)
+        if args.command == "train" and args.processes > 1:
+            if "WORLD_SIZE" not in os.environ:
+                return launch_processes(args, job, argv)
+            if int(os.environ["WORLD_SIZE"]) != args.processes:
+                raise UserError(f"--processes is {args.processes} but this command was launched as one of "
+                                f"{os.environ['WORLD_SIZE']} processes; give one of the two.")  # fmt: skip
+        _threads(worker_threads(args.threads))
         args.func(args, job)
     except UserError as e:
         print(f"ebft: error: {e}", file=sys.stderr)

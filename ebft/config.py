@@ -432,6 +432,20 @@ class SweepConfig(Section):
 
 
 @dataclass
+class LaunchConfig(Section):
+    """How the SFT and EBFT training jobs run: one process, or data-parallel processes started by ``accelerate
+    launch`` with an accelerate configuration file (DDP). Not part of any job's settings: two processes compute the
+    update of one (tested), so a changed process count reruns nothing."""
+
+    processes: int = setting(1, "data-parallel processes per SFT and EBFT training job: one per GPU, or CPU "
+                                "processes over gloo on a machine without one (RLVR and evaluations: one)",
+                             minimum=1)  # fmt: skip
+    accelerate_config: str = setting("config/accelerate/ddp.yaml", "accelerate's configuration file for "
+                                     "processes > 1, relative to the workflow's folder (DDP only: see the README)",
+                                     minLength=1)  # fmt: skip
+
+
+@dataclass
 class Profile(Section):
     """A whole profile as written (``config/<name>.yaml``), typed; :mod:`ebft.resolve` merges it per task."""
 
@@ -453,6 +467,7 @@ class Profile(Section):
     eval: EvalConfig = setting(factory=EvalConfig)
     sweeps: dict[str, SweepConfig] = setting(factory=dict, doc="named grids of EBFT runs, each point a run of its "
                                                                "own (runs/<sweep>/<point>/<task>)")  # fmt: skip
+    launch: LaunchConfig = setting(factory=LaunchConfig, doc="how the SFT and EBFT training jobs run (processes)")
 
     def check(self):
         if not self.models:

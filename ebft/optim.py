@@ -74,3 +74,15 @@ def global_sum(accelerator, x: torch.Tensor) -> torch.Tensor:
 def ddp_scaled(x: torch.Tensor, processes: int) -> torch.Tensor:
     """A global-batch mean, times the process count that DDP's gradient averaging divides by again."""
     return x if processes == 1 else x * processes
+
+
+def require_data_parallel(accelerator) -> None:
+    """Refuse a sharded strategy: the trainers sample from, save and resume the whole unsharded model."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise UserError(f"accelerate launched this training as {kind.value}, but the SFT and EBFT trainers support "
+                        f"data parallelism only (they sample from, save and resume the whole model); use "
+                        f"config/accelerate/ddp.yaml, with finetune.gradient_checkpointing and micro-batches for "
+                        f"memory.")  # fmt: skip

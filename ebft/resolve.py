@@ -472,7 +472,23 @@ def load_study(raw: dict) -> Study:
         if spec.ebft.init == "sft" and {"ebft", "rlvr"} & set(profile.methods) and "sft" not in profile.methods:
             where = f"tasks.{name}.ebft.init" if (profile.tasks[name].ebft or {}).get("init") else "ebft.init"
             raise ConfigError(f"{where} is 'sft' but methods does not list sft; add it or set it to 'base'.")
+    _check_launch(study)
     return study
+
+
+def _check_launch(study: Study) -> None:
+    """launch.processes must split every global batch of the SFT and EBFT jobs it launches evenly."""
+    P = study.profile.launch.processes
+    if P == 1:
+        return
+    for name, spec in study.tasks.items():
+        sizes = {"sft": ("sft.batch_size", spec.sft.batch_size), "ebft": ("ebft.batch_size", spec.ebft.batch_size)}
+        batches = [sizes[m] for m in ("sft", "ebft") if m in study.trained(name)]
+        batches += [(f"ebft.batch_size of sweep run {p.id}", p.ebft.batch_size) for p in study.points(name)]
+        for key, size in batches:
+            if size % P:
+                raise ConfigError(f"tasks.{name}: {key} is {size}, which launch.processes ({P}) cannot split "
+                                  f"evenly; make it a multiple of {P} or change launch.processes.")  # fmt: skip
 
 
 def read_study(spec: str) -> Study:

@@ -81,6 +81,7 @@ def train_ebft(
     device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed = "bf16" if autocast_dtype(precision, device_kind) is not None else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    optim.require_data_parallel(accelerator)
     torch.manual_seed(seed)
     c, s, G = cfg.c, cfg.s, cfg.G
 

@@ -245,3 +245,42 @@ def test_check_resolves_every_job_of_a_profile_or_names_the_problem(capsys, tmp_
     bad = tmp_path / "bad.yaml"
     bad.write_text("profile: x\n  seed: 1\n")
     assert "is not valid YAML at line 2, column 7" in refused(capsys, ["check", "--config", str(bad)])
+
+
+def test_launch_processes_must_split_every_batch_they_launch(capsys, tmp_path):
+    raw = yaml.safe_load(Path(SMOKE).read_text())
+    raw["launch"] = {"processes": 3}
+    edited = tmp_path / "three.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    line = refused(capsys, ["check", "--config", str(edited)])
+    assert "batch_size is" in line and "which launch.processes (3) cannot split evenly" in line
+    raw["launch"] = {"processes": 2}
+    edited.write_text(yaml.safe_dump(raw))
+    assert main(["check", "--config", str(edited)]) == 0
+
+
+def test_several_processes_are_refused_where_they_cannot_run(capsys, tmp_path, monkeypatch):
+    """RLVR runs as one process; a missing accelerate configuration, or a launch of another size, is one sentence
+    before any process starts."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    train = ["train", "--config", SMOKE, "--task", "qa_code", "--processes", "2"]
+    assert "RLVR (TRL's GRPOTrainer) runs as one process" in refused(capsys, [*train, "--method", "rlvr"])
+    line = refused(capsys, [*train, "--method", "sft", "--accelerate-config", str(tmp_path / "none.yaml")])
+    assert "none.yaml does not exist" in line and "--accelerate-config" in line
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert "launched as one of 4 processes" in refused(capsys, [*train, "--method", "ebft"])
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_the_trainers_refuse_a_sharded_strategy(kind):
+    """They sample from, save and resume the whole model: FSDP or DeepSpeed would need their own paths."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from ebft import optim
+    from ebft.errors import UserError
+
+    optim.require_data_parallel(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
+    with pytest.raises(UserError, match="data parallelism only"):
+        optim.require_data_parallel(SimpleNamespace(distributed_type=getattr(DistributedType, kind)))

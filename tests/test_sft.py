@@ -73,7 +73,6 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     split); the schedule ran once per process per step (twice too fast); EBFT's sampler drew one random stream per
     process, so two processes sampled other rollouts than one (now one stream per chunk)."""
     import json
-    import shutil
     import subprocess
 
     profile = epoch_bound_profile(tmp_path)
@@ -82,12 +81,12 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records_for_ddp()))
     args = ["-m", "ebft.cli", "train", "--config", str(profile), "--method", method, "--task", "qa_code",
             "--model-dir", str(tiny_model_dir), "--data-dir", str(data)]  # fmt: skip
-    torchrun = shutil.which("torchrun", path=cli_env["PATH"])
     runs = {}
-    for procs, launcher in ((1, [sys.executable]), (2, [torchrun, "--nproc_per_node", "2"])):
+    # two processes as the workflow starts them (launch.processes: 2): accelerate's launcher, config/accelerate/ddp.yaml
+    for procs, launch in ((1, []), (2, ["--processes", "2", "--threads", "2"])):
         out = tmp_path / f"run{procs}"
-        proc = subprocess.run([*launcher, *args, "--out", str(out)], capture_output=True, text=True, env=cli_env,
-                              cwd=Path(__file__).parent.parent)  # fmt: skip
+        proc = subprocess.run([sys.executable, *args, "--out", str(out), *launch], capture_output=True, text=True,
+                              env=cli_env, cwd=Path(__file__).parent.parent)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["processes"] == procs

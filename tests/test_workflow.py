@@ -307,17 +307,27 @@ def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_repo
         assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric
 
 
-def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_env):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_env, processes):
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` on a machine without SLURM: every job
-    is planned, the training jobs with a GPU each, their partition, memory and time."""
+    is planned, the training jobs with their partition, memory, time and a GPU per process of the profile's
+    `launch`; SFT and EBFT start that many processes through accelerate, RLVR one."""
+    launch = tmp_path / "launch.yaml"  # laid over the profile, as a user would: --configfile config/paper.yaml FILE
+    launch.write_text(f"launch: {{processes: {processes}}}\n")
     cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-           "--config", f"results_dir={tmp_path}"]  # fmt: skip
+           str(launch), "--config", f"results_dir={tmp_path}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert job_stats(out)["train_sweep"] == 78
-    block = out.split("rule train_ebft:", 1)[1].split("Shell command:", 1)[0]
-    assert "slurm_partition=gpu" in block and "gpu=1" in block and "runtime=2880" in block
+    flags = f"--processes {processes} --accelerate-config config/accelerate/ddp.yaml"
+    for rule in ("train_sft", "train_ebft", "train_sweep", "train_rlvr"):
+        block, command = out.split(f"rule {rule}:", 1)[1].split("Shell command:", 1)
+        command = command.split("\n\n", 1)[0]
+        gpus = 1 if rule == "train_rlvr" else processes
+        assert "slurm_partition=gpu" in block and "runtime=" in block, rule
+        assert re.search(rf"\bgpu={gpus}\b", block), rule
+        assert (flags in command) == (processes > 1 and rule != "train_rlvr"), rule
 
 
 FAKE_SLURM = {

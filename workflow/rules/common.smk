@@ -23,6 +23,12 @@ _ebft = Path(sys.executable).parent / "ebft"
 EBFT = shlex.quote(str(_ebft)) if _ebft.exists() else "ebft"
 L = STUDY.layout
 TASKS = list(STUDY.tasks)
+# The SFT and EBFT training jobs' processes (the profile's `launch`; empty with one). Outside the jobs' settings, so
+# a changed process count reruns nothing: P processes compute the update of one.
+_launch = STUDY.profile.launch
+LAUNCH = (f"--processes {_launch.processes} --accelerate-config {shlex.quote(_launch.accelerate_config)}"
+          if _launch.processes > 1 else "")  # fmt: skip
+TRAIN_GPUS = _launch.processes  # a GPU per process where a cluster executor reads `gpu` (profiles/slurm)
 
 
 SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task)})  # evaluated as runs/<sweep>/<point>/<task>

@@ -13,9 +13,11 @@ rule train_sft:
     log:
         L.log("train_sft", "{task}"),
     threads: all_cores
+    resources:
+        gpu=TRAIN_GPUS,
     shell:
         "exec {EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
-        "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent > {log} 2>&1"
+        "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
 
 
 rule train_ebft:
@@ -34,10 +36,12 @@ rule train_ebft:
     log:
         L.log("train_ebft", "{task}"),
     threads: all_cores
+    resources:
+        gpu=TRAIN_GPUS,
     shell:
         "exec {EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
-        "> {log} 2>&1"
+        "{LAUNCH} > {log} 2>&1"
 
 
 rule train_rlvr:
@@ -79,7 +83,9 @@ rule train_sweep:
     log:
         L.log("train_sweep", "{run}", "{task}"),
     threads: all_cores
+    resources:
+        gpu=TRAIN_GPUS,
     shell:
         "exec {EBFT} train --method ebft --run {wildcards.run:q} --task {wildcards.task} --job {params.job:q} "
         "--model-dir {input.model} --start-dir {input.start} --data-dir {params.data} --out {params.out} "
-        "--threads {threads} --stop-with-parent > {log} 2>&1"
+        "--threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
