@@ -149,6 +149,7 @@ def launch_processes(args, job: Job, argv: list[str]) -> int:
     This process stays their parent, so --stop-with-parent stops them with the workflow.
     """
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from ebft import optim
@@ -173,6 +174,9 @@ def launch_processes(args, job: Job, argv: list[str]) -> int:
         print(f"ebft: error: training process(es) {failed} of {args.processes} failed; their messages are above.",
               file=sys.stderr)  # fmt: skip
         return 1
+    except SignalException as e:  # its processes were stopped with it (a stopped workflow): resumable
+        print(f"ebft: stopped by signal {e.sigval.name}, with the {args.processes} training processes.", file=sys.stderr)
+        return 128 + int(e.sigval)
     return 0
 
 
