@@ -175,7 +175,8 @@ def launch_processes(args, job: Job, argv: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     except SignalException as e:  # its processes were stopped with it (a stopped workflow): resumable
-        print(f"ebft: stopped by signal {e.sigval.name}, with the {args.processes} training processes.", file=sys.stderr)
+        print(f"ebft: stopped by signal {e.sigval.name}, with its {args.processes} training processes.",
+              file=sys.stderr)  # fmt: skip
         return 128 + int(e.sigval)
     return 0
 
