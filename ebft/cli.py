@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ebft.config import METHODS, TASKS, plain
+from ebft.config import METHODS, TASKS, LaunchConfig, plain
 from ebft.errors import UserError
 from ebft.paths import Layout, atomic_write
 from ebft.resolve import EVAL_KINDS, Job, job_from_json, read_study
@@ -455,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--processes", type=positive_int, default=1,
                     help="SFT and EBFT: data-parallel processes started through `accelerate launch` (one per GPU, "
                          "or CPU processes over gloo); they share --threads (default 1)")  # fmt: skip
-    sp.add_argument("--accelerate-config", default="config/accelerate/ddp.yaml",
-                    help="accelerate's configuration file for --processes > 1 (default "
-                         "config/accelerate/ddp.yaml)")  # fmt: skip
+    sp.add_argument("--accelerate-config", default=LaunchConfig.accelerate_config,
+                    help=f"accelerate's configuration file for --processes > 1 (default "
+                         f"{LaunchConfig.accelerate_config})")  # fmt: skip
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
     sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "
