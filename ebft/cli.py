@@ -42,6 +42,13 @@ def git_sha() -> str:
         return "unknown"
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MB (10⁶ bytes): what launch.memory_mb sizes."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 // 10**6  # ru_maxrss is in KiB on Linux
+
+
 def _threads(n: int | None) -> None:
     if n is not None:
         import torch
@@ -106,7 +113,12 @@ def write_resolved(path: Path, job: Job, **paths) -> str:
     Training calls it once the run's outputs are written, so a run that fails leaves the provenance of the outputs
     that are there (a finished earlier run's, or none) untouched.
     """
-    record = {"config_hash": job.hash, **{k: str(v) for k, v in paths.items()}, **plain(job)}
+    import torch
+
+    # the CPU threads and processes it ran with: outside the settings (and the hash), but they round differently
+    ran = {"threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+           "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    record = {"config_hash": job.hash, **{k: str(v) for k, v in paths.items()}, **ran, **plain(job)}
     atomic_write(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     return job.hash
 
@@ -234,6 +246,8 @@ def cmd_train(args, job: Job):
 
 
 def cmd_eval(args, job: Job):
+    import torch
+
     from ebft.data import read_records
 
     layout = job.layout
@@ -283,7 +297,9 @@ def cmd_eval(args, job: Job):
     record = {
         "profile": job.profile, "task": job.task, "method": job.run_name, "model_dir": str(model_dir),
         "config_hash": job.hash, "trained_config_hash": job.trained, "git_sha": git_sha(),
-        "wall_time_s": round(time.time() - started, 2), **extra, **({"sweep": job.sweep} if job.sweep else {}),
+        "wall_time_s": round(time.time() - started, 2), "threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(), **extra,
+        **({"sweep": job.sweep} if job.sweep else {}),
         "metrics": rows,
     }  # fmt: skip
     atomic_write(out, json.dumps(record, indent=2))

@@ -431,18 +431,53 @@ class SweepConfig(Section):
             raise FieldError("grid", "it must map at least one EBFT setting to a non-empty list of values")
 
 
+# The workflow's rules that load a model: the ones launch.memory_mb sizes.
+MODEL_RULES = ("prepare_model", "train_sft", "train_ebft", "train_sweep", "train_rlvr", "eval_ce", "eval_fm",
+               "eval_code", "eval_translation")  # fmt: skip
+
+
 @dataclass
 class LaunchConfig(Section):
     """How the SFT and EBFT training jobs run: one process, or data-parallel processes started by ``accelerate
-    launch`` with an accelerate configuration file (DDP). Not part of any job's settings: two processes compute the
-    update of one (tested), so a changed process count reruns nothing."""
+    launch`` with an accelerate configuration file (DDP); and how many CPU threads each job's process takes. Not part
+    of any job's settings: two processes compute the update of one (tested), so a changed process count reruns
+    nothing; a thread count changes the floating-point rounding, not the computation, and every record says the
+    threads it ran with."""
 
     processes: int = setting(1, "data-parallel processes per SFT and EBFT training job: one per GPU, or CPU "
                                 "processes over gloo on a machine without one (RLVR and evaluations: one)",
                              minimum=1)  # fmt: skip
+    threads: int | None = setting(None, "torch CPU threads of each job's process (a training job with processes > 1 "
+                                  "takes threads × processes cores); fixed, the numbers do not depend on --cores and "
+                                  "--cores N runs N / threads jobs at once; None: every core Snakemake gives a job "
+                                  "(--cores), one job at a time", minimum=1)  # fmt: skip
     accelerate_config: str = setting("config/accelerate/ddp.yaml", "accelerate's configuration file for "
                                      "processes > 1, relative to the workflow's folder (DDP only: see the README)",
                                      minLength=1)  # fmt: skip
+    memory_mb: dict[str, int] = setting(factory=dict, doc="peak memory in MB (Snakemake's mem_mb resource) of a "
+                                        "rule's jobs, or of one task's ('rule/task'), e.g. {train_ebft: 7000, "
+                                        "train_ebft/translation: 12000}; a task not named takes the rule's value, "
+                                        "else the largest of its tasks'. A local run starts a job only while it and "
+                                        "the running jobs fit in the memory available when the run began (or "
+                                        "--resources mem_mb=N); a cluster executor asks for it. Rules not named keep "
+                                        "Snakemake's default")  # fmt: skip
+
+    def check(self):
+        unknown = sorted(key for key in self.memory_mb if key.split("/", 1)[0] not in MODEL_RULES
+                         or key.count("/") > 1 or (key.count("/") == 1 and key.split("/")[1] not in TASKS))  # fmt: skip
+        if unknown:
+            raise FieldError("memory_mb", f"{', '.join(unknown)} is not a rule that loads a model, or such a rule and "
+                                          f"a task ('rule/task'); the rules: {', '.join(MODEL_RULES)}")  # fmt: skip
+        low = sorted(key for key, mb in self.memory_mb.items() if not isinstance(mb, int) or mb < 1)
+        if low:
+            raise FieldError("memory_mb", f"{', '.join(low)}: give a whole number of MB, at least 1")
+
+    def memory(self, rule: str, task: str | None) -> int | None:
+        """The mem_mb of ``rule``'s job on ``task``: its 'rule/task' value, the rule's, or the largest of its tasks'
+        (None: the profile does not size the rule)."""
+        given = self.memory_mb
+        tasks = [mb for key, mb in given.items() if key.startswith(rule + "/")]
+        return given.get(f"{rule}/{task}", given.get(rule, max(tasks, default=None)))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ebft.config import SFTConfig, bound_problem, build
+from ebft.config import LaunchConfig, SFTConfig, bound_problem, build
 from ebft.errors import ConfigError
 from ebft.resolve import job_from_json, load_study, read_study
 from ebft.schema import SCHEMA_PATH, check_schema, profile_schema, schema_text
@@ -58,6 +58,10 @@ def test_every_profile_resolves_and_meets_the_schema(name):
         (lambda c: c["eval"]["code"].update(human_eval_heldout=200), "'eval.code.human_eval_heldout' is 200; it must be ≤ 163"),
         (lambda c: c["tasks"]["qa_code"].update(chunk_length=8), "tasks.qa_code: the strided layout does not fit its chunks"),
         (lambda c: c["tasks"]["translation"].update(ebft={"init": "sft"}) or c.update(methods=["ebft"]), "tasks.translation.ebft.init is 'sft' but methods does not list sft"),
+        (lambda c: c["launch"].update(memory_mb={"train_ebtf": 9000}), "train_ebtf is not a rule that loads a model, or such a rule and a task ('rule/task'); the rules: prepare_model"),
+        (lambda c: c["launch"].update(memory_mb={"train_ebft/math": 9000}), "train_ebft/math is not a rule that loads a model, or such"),
+        (lambda c: c["launch"].update(memory_mb={"eval_ce": 0}), "'launch.memory_mb' is {'eval_ce': 0}; eval_ce: give a whole number of MB, at least 1"),
+        (lambda c: c["launch"].update(threads=0), "config key 'launch.threads' is 0; it must be ≥ 1"),
     ],
 )  # fmt: skip
 def test_bad_profiles_fail_with_one_sentence_naming_the_key(mutate, expected):
@@ -80,6 +84,16 @@ def test_typed_sections_refuse_bad_values_directly_too():
     assert build(SFTConfig, {"lr": "1e-4"}, "sft").lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
     with pytest.raises(Exception, match="it must be ≥ 1"):
         SFTConfig(max_steps=0)  # constructing a section in code checks the same bounds
+
+
+def test_a_jobs_memory_is_its_tasks_else_its_rules_else_the_largest_of_its_tasks():
+    launch = build(LaunchConfig, {"memory_mb": {"train_ebft": 7000, "train_ebft/translation": 12000,
+                                                "train_rlvr/qa_code": 11500, "train_rlvr/translation": 3500}}, "launch")  # fmt: skip
+    assert launch.memory("train_ebft", "translation") == 12000
+    assert launch.memory("train_ebft", "qa_code") == 7000
+    assert launch.memory("train_rlvr", "translation") == 3500
+    assert launch.memory("train_rlvr", "unstructured_code") == 11500  # no rule value: the largest of its tasks'
+    assert launch.memory("eval_ce", "qa_code") is None  # not sized: Snakemake's default
 
 
 def test_missing_profile_file_is_one_sentence():

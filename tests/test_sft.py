@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from baselines.sft import train_sft
 from ebft.config import FinetuneConfig, HumanEvalSource, SFTConfig
@@ -90,6 +91,8 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((out / "train_summary.json").read_text())
         assert summary["processes"] == procs
+        ran = yaml.safe_load((out / "resolved_config.yaml").read_text())  # the threads and processes it ran with
+        assert ran["processes"] == procs and (procs == 1 or ran["threads"] == 1)  # --threads 2 over 2 processes
         runs[procs] = list(csv.DictReader((out / "train_metrics.csv").open()))
         assert (out / "model/config.json").is_file()
     one, two = runs[1], runs[2]

@@ -151,6 +151,9 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
     translations = (root / "eval/translation/translation/ebft.samples.jsonl").read_text().splitlines()
     assert len(translations) == 6 * 2 * 2  # max_pairs × directions × (sampled, greedy)
     assert (root / "runs/rlvr/translation/rlvr_settings.yaml").is_file()
+    record = json.loads((root / "eval/ce/qa_code/ebft.json").read_text())
+    assert record["threads"] == 2 and record["peak_rss_mb"] > 100  # --cores 2, no launch.threads; a model loaded
+    assert yaml.safe_load((root / "runs/rlvr/qa_code/resolved_config.yaml").read_text())["threads"] == 2
     resolved = (root / "runs/ebft/translation/resolved_config.yaml").read_text()
     assert "c: 4" in resolved and "s: 2" in resolved and "pooling: mean" in resolved  # the task's layout
 
@@ -328,6 +331,30 @@ def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_
         assert "slurm_partition=gpu" in block and "runtime=" in block, rule
         assert re.search(rf"\bgpu={gpus}\b", block), rule
         assert (flags in command) == (processes > 1 and rule != "train_rlvr"), rule
+
+
+def test_the_cpu_profile_fixes_each_jobs_threads_and_sizes_its_memory(tmp_path, cli_env):
+    """launch.threads: 1 gives every model job one thread whatever --cores is (so `--cores 2` runs two at once and
+    the numbers do not depend on the machine's cores), and launch.memory_mb each rule's mem_mb, which a local run
+    limits to the memory available."""
+    from ebft.resolve import load_study
+
+    launch = load_study(yaml.safe_load((REPO / "config/cpu.yaml").read_text())).profile.launch
+    assert launch.threads == 1
+    out = snakemake(cli_env, tmp_path, "-n", profile="cpu")
+    sized = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        task = re.search(r"wildcards: .*\btask=(\w+)", block)
+        mb = launch.memory(rule, task and task[1])
+        if mb is None:
+            continue
+        sized[(rule, task and task[1])] = mb
+        assert re.search(r"threads: 1\b", block) or "threads:" not in block, rule  # Snakemake omits one thread
+        assert re.search(rf"\bmem_mb={mb}\b", block), (rule, task and task[1])
+    assert {rule for rule, _ in sized} == {"prepare_model", "train_sft", "train_ebft", "train_sweep", "train_rlvr",
+                                           "eval_ce", "eval_fm", "eval_code", "eval_translation"}  # fmt: skip
+    assert sized[("train_ebft", "translation")] > sized[("train_ebft", "qa_code")]  # a task's own value
 
 
 FAKE_SLURM = {

@@ -31,6 +31,30 @@ LAUNCH = (f"--processes {_launch.processes} --accelerate-config {shlex.quote(_la
 TRAIN_GPUS = _launch.processes  # a GPU per process where a cluster executor reads `gpu` (profiles/slurm)
 
 
+def memory(rule):
+    """A model rule's `mem_mb` resource, per task, where the profile's launch.memory_mb sizes the rule (unpacked into
+    `resources`; nothing where it does not)."""
+    if not any(key.split("/", 1)[0] == rule for key in _launch.memory_mb):
+        return {}
+    return {"mem_mb": lambda wildcards: _launch.memory(rule, getattr(wildcards, "task", None))}
+
+
+def available_mb():
+    """The memory this machine has available now (Linux's MemAvailable), in MB; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
+        return kib * 1024 // 10**6
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+# A local run whose profile sizes its jobs' memory starts a job only while it and the running jobs fit in the memory
+# available now (a job that needs more runs alone), unless --resources mem_mb=N gives the limit. Clusters: no limit.
+if _launch.memory_mb and workflow.local_exec and "mem_mb" not in workflow.global_resources and available_mb():
+    workflow.global_resources["mem_mb"] = available_mb()
+
+
 SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task)})  # evaluated as runs/<sweep>/<point>/<task>
 TRAINED_SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task) if not p.same_as})
 
@@ -113,12 +137,23 @@ def same_as_flag(wildcards, input):
 
 
 def eval_threads(kind):
-    """Every core for a real evaluation (model jobs run one after another on a small machine); one for a copy."""
-    return lambda wildcards: 1 if copied_from(kind)(wildcards) else all_cores(wildcards)
+    """A real evaluation's threads are a model job's (job_threads); a copy takes one."""
+    return lambda wildcards: 1 if copied_from(kind)(wildcards) else job_threads(wildcards)
+
+
+def job_threads(wildcards):
+    """A model job's CPU threads: the profile's launch.threads where it sets them (then --cores N runs N / threads
+    jobs at once, and the numbers do not depend on N), else every core Snakemake was given (all_cores)."""
+    return _launch.threads or all_cores(wildcards)
+
+
+def train_threads(wildcards):
+    """An SFT or EBFT training job's threads: launch.threads for each of its launch.processes processes."""
+    return _launch.threads * _launch.processes if _launch.threads else all_cores(wildcards)
 
 
 def all_cores(wildcards):
-    """Model jobs take every core Snakemake was given (--cores); they run one after another on a small machine.
+    """Without launch.threads, model jobs take every core Snakemake was given (--cores) and run one after another.
     Under a cluster executor there is no --cores: a job the profile's set-threads does not size (the local rules)
     takes the local cores (--local-cores, by default every core of the machine Snakemake runs on)."""
     try:

@@ -13,6 +13,8 @@ rule eval_ce:
     log:
         L.log("eval_ce", "{task}", "{method}"),
     threads: eval_threads("ce")
+    resources:
+        **memory("eval_ce"),
     shell:
         "exec {EBFT} eval --kind ce --task {wildcards.task} {params.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output} --threads {threads} --stop-with-parent "
@@ -35,6 +37,8 @@ rule eval_fm:
     log:
         L.log("eval_fm", "{task}", "{method}"),
     threads: eval_threads("fm")
+    resources:
+        **memory("eval_fm"),
     shell:
         "exec {EBFT} eval --kind fm --task {wildcards.task} {params.method} --job {params.job:q} "
         "--model-dir {input.model} --base-dir {input.base} --data-dir {params.data} --out {output} "
@@ -57,6 +61,8 @@ rule eval_code:
     log:
         L.log("eval_code", "{task}", "{method}"),
     threads: eval_threads("code")
+    resources:
+        **memory("eval_code"),
     shell:
         "exec {EBFT} eval --kind code --task {wildcards.task} {params.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "
@@ -79,6 +85,8 @@ rule eval_translation:
     log:
         L.log("eval_translation", "{task}", "{method}"),
     threads: eval_threads("translation")
+    resources:
+        **memory("eval_translation"),
     shell:
         "exec {EBFT} eval --kind translation --task {wildcards.task} {params.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "

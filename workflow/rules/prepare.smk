@@ -5,7 +5,9 @@ rule prepare_model:
         job=model_job,
     log:
         L.log("prepare_model", "{model}"),
-    threads: all_cores
+    threads: job_threads
+    resources:
+        **memory("prepare_model"),
     shell:
         "exec {EBFT} prepare-model --job {params.job:q} --model {wildcards.model} --out {output} "
         "--threads {threads} --stop-with-parent > {log} 2>&1"

@@ -12,9 +12,10 @@ rule train_sft:
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_sft", "{task}"),
-    threads: all_cores
+    threads: train_threads
     resources:
         gpu=TRAIN_GPUS,
+        **memory("train_sft"),
     shell:
         "exec {EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
@@ -35,9 +36,11 @@ rule train_ebft:
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_ebft", "{task}"),
-    threads: all_cores
+    threads: train_threads
     resources:
         gpu=TRAIN_GPUS,
+        **memory("train_ebft"),
+    priority: 1  # long jobs first, so that no long job is left to run alone at the end
     shell:
         "exec {EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
@@ -60,7 +63,10 @@ rule train_rlvr:
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_rlvr", "{task}"),
-    threads: all_cores
+    threads: job_threads
+    resources:
+        **memory("train_rlvr"),
+    priority: 2  # the longest jobs first, so that no long job is left to run alone at the end
     shell:
         "exec {EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
@@ -82,9 +88,10 @@ rule train_sweep:
         out=lambda wildcards, output: Path(output.metrics).parent,
     log:
         L.log("train_sweep", "{run}", "{task}"),
-    threads: all_cores
+    threads: train_threads
     resources:
         gpu=TRAIN_GPUS,
+        **memory("train_sweep"),
     shell:
         "exec {EBFT} train --method ebft --run {wildcards.run:q} --task {wildcards.task} --job {params.job:q} "
         "--model-dir {input.model} --start-dir {input.start} --data-dir {params.data} --out {params.out} "
