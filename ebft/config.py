@@ -33,7 +33,7 @@ from ebft.errors import ConfigError
 
 TASKS = ("qa_code", "unstructured_code", "translation")
 METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
-Attention = Literal["sdpa", "eager", "sdpa_decode"]  # attn_implementation values that read the strided 4-D mask
+Attention = Literal["sdpa", "eager"]  # transformers' attn_implementation values that read the strided 4-D mask
 BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "pattern")
 
 
@@ -492,9 +492,7 @@ class Profile(Section):
     seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "bf16 autocast where supported ('auto')")
     attention: Attention = setting(
-        "sdpa",
-        "attention kernel of every model (transformers' attn_implementation; sdpa_decode: sdpa, with one-token "
-        "bf16 queries on a CPU as two matrix products, see ebft.attention); each reads the strided 4-D mask",
+        "sdpa", "attention kernel of every model (transformers' attn_implementation); both read the strided 4-D mask"
     )
     methods: list[Literal["sft", "ebft", "rlvr"]] = setting(factory=lambda: ["sft"], doc="trained methods")
     finetune: FinetuneConfig = setting(factory=FinetuneConfig)

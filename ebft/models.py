@@ -179,17 +179,13 @@ ATTENTION = typing.get_args(Attention)
 def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch.float32, attention: str = "sdpa"):
     """Load a causal LM from a prepared folder; optionally set every dropout probability of its config.
 
-    ``attention`` is transformers' ``attn_implementation``, 'sdpa' or 'eager', or this project's 'sdpa_decode'
-    (:mod:`ebft.attention`); :func:`ebft.strided.for_kernel` gives each the strided layout's 4-D mask in the form it
-    reads."""
+    ``attention`` is transformers' ``attn_implementation``, 'sdpa' or 'eager'; :func:`ebft.strided.for_kernel` gives
+    each the strided layout's 4-D mask in the form it reads."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ebft import attention as attention_kernels
 
     if attention not in ATTENTION:
         raise UserError(f"attention {attention!r} is not available; choose one of {', '.join(ATTENTION)}.")
     _check_model_dir(model_dir)
-    attention_kernels.register()
     with _loading(model_dir, "config"):
         config = AutoConfig.from_pretrained(model_dir)
     if dropout is not None:

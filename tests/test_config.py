@@ -36,7 +36,7 @@ def test_every_profile_resolves_and_meets_the_schema(name):
         (lambda c: c["sft"].update(lrr=1.0), "unknown config key 'sft.lrr'; allowed keys there: batch_size"),
         (lambda c: c["finetune"].update(mode="qlora"), "config key 'finetune.mode' is 'qlora'; allowed values: 'lora', 'full'"),
         (lambda c: c.update(precision="fp16"), "config key 'precision' is 'fp16'; allowed values: 'auto', 'bf16', 'fp32'"),
-        (lambda c: c.update(attention="flash"), "config key 'attention' is 'flash'; allowed values: 'sdpa', 'eager', 'sdpa_decode'"),
+        (lambda c: c.update(attention="flash"), "config key 'attention' is 'flash'; allowed values: 'sdpa', 'eager'"),
         (lambda c: c["tasks"]["qa_code"].update(model="gpt2"), "tasks.qa_code.model is 'gpt2', which is not defined"),
         (lambda c: c["tasks"]["qa_code"]["source"].update(heldot=3), "unknown config key 'tasks.qa_code.source.heldot'"),
         (lambda c: c["tasks"]["qa_code"]["source"].update(kind="mbpp"), "'tasks.qa_code.source.kind' is 'mbpp'; allowed values: human_eval, stdlib, django, hub"),

@@ -46,7 +46,7 @@ def loss_and_grads(model, fn):
 BATCHES = {flag: batch(flag) for flag in (False, True)}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "sdpa_decode"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("with_documents", [False, True], ids=["plain", "documents"])
 @pytest.mark.parametrize(("shared", "chunk"), [(True, 0), (True, 7), (False, 7)], ids=["shared", "shared-chunked",
                                                                                        "whole-chunked"])  # fmt: skip
@@ -74,7 +74,7 @@ def test_policy_scores_equal_the_whole_sequence_computation(attention, with_docu
     assert want_logp.abs().min() > 0 and GAMMA * want_nll.sum() > 0  # both terms take part
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "sdpa_decode"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("with_documents", [False, True], ids=["plain", "documents"])
 @pytest.mark.parametrize("pooling", ["last_token", "mean"])
 def test_shared_prefix_features_equal_the_whole_sequence_features(attention, with_documents, pooling):

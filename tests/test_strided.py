@@ -221,9 +221,6 @@ def make_ctx_model(attention: str):
     """A tiny random Llama whose greedy tokens depend on earlier context (attention scaled up so that it matters)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ebft.attention import register
-
-    register()  # sdpa_decode
     config = LlamaConfig(
         vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=128, max_position_embeddings=64, tie_word_embeddings=True, attn_implementation=attention,
@@ -239,7 +236,7 @@ def make_ctx_model(attention: str):
     return model
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager", "sdpa_decode"])
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
 def ctx_model(request):
     """The context model under each attention implementation the profile offers (``attention``)."""
     return make_ctx_model(request.param)
