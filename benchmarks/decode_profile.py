@@ -8,11 +8,12 @@ nucleus sampling at T = 0.6, p = 0.95, a closed code block ends a sample) under 
 operations' own time into
 
 - ``weights``: the model's matrix products (``aten::mm``/``addmm``/``linear`` kernels);
-- ``kv_cache``: ``aten::cat``, with which transformers' ``DynamicCache`` copies each layer's keys and values at every
-  step, and ``aten::index_select``/``index``, which drop finished rows;
+- ``kv_cache``: ``aten::cat`` (transformers' ``DynamicCache`` copied each layer's keys and values at every step
+  until ``evals.decode`` preallocated them) and ``aten::index_select``/``index``, which drop finished rows;
 - ``attention``: SDPA, and the products and softmax of attention (``bmm``, ``_softmax``);
-- ``sampling``: the nucleus sampler's sort, cumulative sum and the other vocabulary-wide operations
-  (``sort``, ``cumsum``, ``sub``, ``div``, ``exp``, ``searchsorted``, ``gather``, ``scatter``);
+- ``sampling``: the nucleus sampler's top-k, cumulative sums and the other vocabulary-wide operations
+  (``topk``, ``sort``, ``cumsum``, ``ge``, ``nonzero``, ``sub``, ``div``, ``exp``, ``searchsorted``, ``gather``,
+  ``scatter``);
 - ``other``: the rest (norms, activations, copies).
 
 Prints one JSON object: the wall time, the shares (fractions of the profiled CPU time) and the top operations, so
@@ -43,7 +44,10 @@ GROUPS = {
         "aten::_scaled_dot_product_attention_math",
     ),
     "sampling": (
+        "aten::topk",
         "aten::sort",
+        "aten::ge",
+        "aten::nonzero",
         "aten::cumsum",
         "aten::sub",
         "aten::div",

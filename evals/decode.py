@@ -7,6 +7,9 @@ as padding) and prefills each prompt once per requested sample. :func:`decode` i
 - prefills each prompt once and copies its keys and values for its n samples;
 - drops a row from the batch (its cache rows too) as soon as it ends: at an end-of-sequence token, once
   ``done(its text so far)`` holds, or after ``max_new_tokens``;
+- keeps each layer's keys and values in a buffer allocated once per batch for the prompt and ``max_new_tokens``
+  (:func:`preallocated_cache`), where ``transformers``' ``DynamicCache`` concatenates them anew at every step (a
+  quarter of the sampling's time, ``benchmarks.decode_profile``);
 - draws each sample from a random stream of its own, seeded from (seed, prompt index, sample index), with the
   nucleus sampling of EBFT's sampler (``ebft.strided``; temperature, then top-p, no top-k); temperature 0 or
   ``greedy`` is greedy.
@@ -18,6 +21,7 @@ except through floating-point rounding of batched arithmetic. Greedy completions
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,6 +37,71 @@ def end_ids(model, tokenizer) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+@functools.cache
+def preallocated_layer():
+    """The class :class:`PreallocatedLayer` (defined on first use: ``transformers`` is imported lazily)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys and values live in buffers of ``capacity`` positions, written in place at
+        each step; ``keys`` and ``values`` are views of their filled part (a longer sequence moves them to larger
+        buffers). Only what :func:`decode` uses is supported: no cropping."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+            self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.length + key_states.shape[-2]
+            if self.buffers is None or end > self.buffers[0].shape[-2]:
+                size = max(end, self.capacity)
+                grown = tuple(s.new_empty(*s.shape[:-2], size, s.shape[-1]) for s in (key_states, value_states))
+                if self.buffers is not None:
+                    for new, old in zip(grown, self.buffers, strict=True):
+                        new[..., : self.length, :] = old[..., : self.length, :]
+                self.buffers = grown
+            for buffer, states in zip(self.buffers, (key_states, value_states), strict=True):
+                buffer[..., self.length : end, :] = states
+            self.length = end
+            self.device, self.is_initialized = key_states.device, True
+            return self._view()
+
+        def _view(self):
+            self.keys, self.values = (buffer[..., : self.length, :] for buffer in self.buffers)
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            super().reset()
+            self.length, self.buffers = 0, None
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("a preallocated cache cannot be cropped")
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.length:
+                self.buffers = tuple(buffer.repeat_interleave(repeats, dim=0) for buffer in self.buffers)
+                self._view()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.length:
+                self.buffers = tuple(buffer[indices] for buffer in self.buffers)
+                self._view()
+
+    return PreallocatedLayer
+
+
+def preallocated_cache(model, capacity: int):
+    """A ``DynamicCache`` for ``model`` whose layers keep ``capacity`` positions preallocated; layers of other kinds
+    (sliding-window, …) stay as ``DynamicCache`` makes them."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [preallocated_layer()(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 @torch.no_grad()
@@ -51,8 +120,6 @@ def decode(
     seed: int,
 ) -> list[list[str]]:
     """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch."""
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     greedy = greedy or temperature == 0
     stops = end_ids(model, tokenizer)
@@ -70,7 +137,7 @@ def decode(
             mask[row, width - len(encoded[i]) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
-        cache = DynamicCache(config=model.config)
+        cache = preallocated_cache(model, width + max_new_tokens)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]  # fmt: skip
         # every prompt's keys and values, copied for its n samples: row r is sample r % n of prompt members[r // n]

@@ -181,3 +181,24 @@ def test_a_sampled_completion_depends_on_its_seed_not_on_its_batch(tiny_lm):
             assert len(ids) <= 10
             # a completion ends at its first vowel: no text before its last token already held one
             assert not stops_at_a_vowel(tok.decode(ids[:-1])) if ids else True
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_the_preallocated_cache_decodes_what_the_dynamic_cache_does(tiny_lm, monkeypatch, greedy):
+    """The evaluations' cache (buffers written in place, rows dropped as they finish) gives the completions of
+    transformers' DynamicCache, token for token, including a capacity too small for the completions (it grows)."""
+    from transformers import DynamicCache
+
+    import evals.decode as D
+
+    model, tok = tiny_lm
+    kw = dict(n=2, greedy=greedy, temperature=1.0, top_p=0.9, max_new_tokens=12, batch_size=3, done=stops_at_a_vowel,
+              seed=3)  # fmt: skip
+    ours = D.decode(model, tok, DECODE_PROMPTS, **kw)
+    created = []
+    preallocated = D.preallocated_cache
+    monkeypatch.setattr(D, "preallocated_cache", lambda m, capacity: created.append(preallocated(m, 2)) or created[-1])
+    assert D.decode(model, tok, DECODE_PROMPTS, **kw) == ours  # buffers of 2 positions, grown at the prefill
+    assert all(layer.buffers[0].shape[-2] > 2 for cache in created for layer in cache.layers)
+    monkeypatch.setattr(D, "preallocated_cache", lambda m, capacity: DynamicCache(config=m.config))
+    assert D.decode(model, tok, DECODE_PROMPTS, **kw) == ours

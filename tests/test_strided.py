@@ -361,3 +361,39 @@ def test_sampled_tokens_follow_the_nucleus_distribution(top_p):
     grouped = strided.draw_tokens(logits.expand(8, -1), T, top_p, gens())
     alone = [strided.draw_tokens(logits.expand(4, -1), T, top_p, g) for g in gens()]
     assert torch.equal(grouped, torch.cat(alone))
+
+
+def stable_sort_draws(logits, T, top_p, generator):
+    """The nucleus by its definition: a stable descending sort of the whole vocabulary (ties in token-id order), the
+    smallest prefix reaching top_p, then inverse-CDF sampling in token-id order."""
+    probs = torch.softmax(logits.float() / T, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    sorted_p = sorted_p.masked_fill(sorted_p.cumsum(dim=-1) - sorted_p > top_p, 0.0)
+    probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    u = torch.rand(len(probs), generator=generator, dtype=torch.float64)
+    cdf = probs.double().cumsum(dim=-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1), probs > 0
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_the_nucleus_breaks_ties_by_token_id_and_grows_past_its_first_guess(top_p):
+    """Regression: the nucleus came from torch.sort, whose order of equal probabilities (frequent with bf16 logits) is
+    unspecified, so tokens tied at the nucleus's edge were kept or dropped by the sort's internals. Now ties go to the
+    lower token ids: the nucleus and the draws equal those of a stable sort, for bf16 logits full of ties, for peaked
+    rows and for near-flat rows whose nucleus holds thousands of tokens (top-k grown past 64)."""
+    g = torch.Generator().manual_seed(0)
+    V = 8192
+    logits = torch.cat(
+        [
+            (torch.randn(24, V, generator=g) * 3).bfloat16().float(),  # many ties
+            torch.randint(0, 3, (24, V), generator=g).float(),  # three values only
+            torch.randn(8, V, generator=g) * 0.01,
+        ]
+    )  # near-flat: the nucleus is most of V
+    logits[:8, :3] += 12  # peaked rows
+    for T in (0.6, 1.0):
+        probs = torch.softmax(logits / T, dim=-1)
+        expected, kept = stable_sort_draws(logits, T, top_p, torch.Generator().manual_seed(1))
+        assert torch.equal(strided.nucleus(probs, top_p), kept)
+        assert torch.equal(strided.draw_tokens(logits, T, top_p, torch.Generator().manual_seed(1)), expected)
+    assert kept[-8:].sum(dim=-1).min() > 64 if top_p > 0.5 else True
