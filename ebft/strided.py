@@ -218,9 +218,8 @@ def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, generato
     else:
         u = torch.rand(R, generator=generator, device=probs.device, dtype=torch.float64)
     if top_p < 1.0:
-        keep = nucleus(probs, top_p)
-        count = keep.sum(dim=-1)
-        row, token = keep.nonzero(as_tuple=True)  # row-major: each row's kept tokens in token-id order
+        row, token = nucleus(probs, top_p).nonzero(as_tuple=True)  # row-major: each row's tokens in id order
+        count = torch.bincount(row, minlength=R)
         rank = torch.arange(len(row), device=probs.device) - (count.cumsum(dim=0) - count)[row]
         kept = torch.full((R, int(count.max())), V - 1, dtype=torch.long, device=probs.device)
         mass = torch.zeros(kept.shape, dtype=torch.float64, device=probs.device)

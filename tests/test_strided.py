@@ -387,13 +387,13 @@ def test_the_nucleus_breaks_ties_by_token_id_and_grows_past_its_first_guess(top_
         [
             (torch.randn(24, V, generator=g) * 3).bfloat16().float(),  # many ties
             torch.randint(0, 3, (24, V), generator=g).float(),  # three values only
-            torch.randn(8, V, generator=g) * 0.01,
+            torch.randn(8, V, generator=g) * 0.01,  # near-flat: the nucleus holds thousands of tokens
         ]
-    )  # near-flat: the nucleus is most of V
+    )
     logits[:8, :3] += 12  # peaked rows
     for T in (0.6, 1.0):
         probs = torch.softmax(logits / T, dim=-1)
         expected, kept = stable_sort_draws(logits, T, top_p, torch.Generator().manual_seed(1))
         assert torch.equal(strided.nucleus(probs, top_p), kept)
         assert torch.equal(strided.draw_tokens(logits, T, top_p, torch.Generator().manual_seed(1)), expected)
-    assert kept[-8:].sum(dim=-1).min() > 64 if top_p > 0.5 else True
+    assert kept[-8:].sum(dim=-1).min() > 64  # top-k grew past its first guess
