@@ -15,6 +15,7 @@ written to ``rlvr_settings.yaml`` next to the checkpoint; TRL's per-step logs go
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -100,6 +101,95 @@ def chrf_reward(prompts, completions, reference, **_):
     return [chrf.sentence_score(first_line(c), [r]).score / 100 for c, r in zip(completions, reference, strict=True)]
 
 
+def merged_weights(model) -> dict[str, torch.Tensor]:
+    """The policy's weights under the plain architecture's parameter names, each LoRA adapter's delta added to its
+    base weight (the model is not modified, unlike peft's ``merge_adapter``, whose unmerge leaves rounding behind)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return {name: p.detach() for name, p in model.named_parameters()}
+    inner = model.get_base_model()
+    weights = {}
+    for name, module in inner.named_modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            weight = base.weight.detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).detach()
+            weights[f"{name}.weight"] = weight
+    for name, p in inner.named_parameters():
+        if "lora_" not in name:
+            weights.setdefault(name.replace(".base_layer.", "."), p.detach())
+    return weights
+
+
+class MergedPolicySampler:
+    """TRL's ``rollout_func``: completions sampled from a copy of the policy with its adapters merged, in the run's
+    precision (bf16 where supported), by the evaluations' sampler (:func:`evals.decode.decode_tokens`).
+
+    The copy takes the policy's weights whenever the optimiser step has moved on (as TRL's vLLM path syncs its
+    engine), so every step samples from the current policy. The completions end at EOS, after
+    ``max_completion_length`` tokens, or once ``done(text so far)`` holds: where the downstream evaluation stops (a
+    closed code block, a finished first line), since the reward reads nothing after it. Each prompt's prefix is
+    computed once for its completions, finished rows leave the batch, and row j of the i-th prompt of step t draws
+    from a random stream of its own, seeded from (seed, t, i, j). TRL's own ``generate`` runs the fp32 policy with
+    its adapters unmerged, and the whole batch until its longest row ends (``sampler: generate``).
+
+    The policy-gradient loss is TRL's, on the policy as it trains; the sampling copy differs from it only by the
+    rounding of the merged bf16 weights (TRL's vLLM engine, also bf16, differs the same way).
+    """
+
+    def __init__(self, engine, tokenizer, cfg: RLVRConfig, done, seed: int):
+        self.engine, self.tokenizer, self.cfg, self.done, self.seed = engine.eval(), tokenizer, cfg, done, seed
+        self.synced_step: int | None = None
+
+    @torch.no_grad()
+    def sync(self, policy) -> None:
+        weights = merged_weights(policy)
+        for name, p in self.engine.named_parameters():
+            p.copy_(weights[name])
+
+    def __call__(self, prompts: list[str], trainer) -> dict:
+        from ebft.strided import derive_seed
+        from evals.decode import decode_tokens
+
+        step = trainer.state.global_step
+        if step != self.synced_step:
+            self.sync(trainer.accelerator.unwrap_model(trainer.model))
+            self.synced_step = step
+        prompt_ids = trainer.processing_class(text=prompts)["input_ids"]  # as TRL tokenises a text prompt
+        runs = []  # GRPO's sampler repeats each prompt num_generations times in a row: prefill each once
+        for ids in prompt_ids:
+            if runs and runs[-1][0] == ids:
+                runs[-1][1] += 1
+            else:
+                runs.append([ids, 1])
+        n = runs[0][1] if len({k for _, k in runs}) == 1 else 1
+        unique = [ids for ids, _ in runs] if n > 1 else prompt_ids
+        seed = derive_seed(self.seed, step, trainer.accelerator.process_index)
+        tokens = decode_tokens(self.engine, self.tokenizer, unique, n=n, greedy=False,
+                               temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                               max_new_tokens=self.cfg.max_completion_length, batch_size=len(unique),
+                               done=self.done, seed=seed, progress=False)  # fmt: skip
+        completions = [t for samples in tokens for t in samples]
+        if len(completions) != len(prompts):  # one completion per prompt row, in order
+            raise RuntimeError(f"the sampler returned {len(completions)} completions for {len(prompts)} prompts")
+        return {"prompt_ids": [list(ids) for ids in prompt_ids], "completion_ids": completions, "logprobs": None}
+
+
+def stop_rule(reward: str, records: list[dict], prompt_format: str):
+    """Where a completion is finished for the reward (and the downstream evaluation): None means at EOS only."""
+    from evals.code import code_done, tests_form
+    from evals.translation import first_line_done
+
+    if reward == "chrf":
+        return first_line_done
+    forms = {tests_form(r) for r in records}
+    return code_done(prompt_format, forms.pop()) if len(forms) == 1 else None
+
+
 def trl_settings(cfg: RLVRConfig, ebft: EBFTConfig, *, steps: int, bf16: bool, seed: int, processes: int = 1) -> dict:
     """The TRL config arguments of the run: GRPO/RLOO settings plus EBFT's optimiser and budget.
 
@@ -166,6 +256,7 @@ def train_rlvr(
 
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
     from ebft.packing import pack_records
+    from evals.code import has_tests
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,8 +266,9 @@ def train_rlvr(
     rows = prompt_rows(train_records, tokenizer, prompt_format, reward)
     _, steps = optim.ebft_step_budget(len(pack_records(train_records, tokenizer, chunk_length)), ebft)
     settings = trl_settings(cfg, ebft, steps=steps, bf16=bf16, seed=seed, processes=PartialState().num_processes)
+    sampler = cfg.sampler_name
     record = {"algorithm": cfg.algorithm, "trl": trl.__version__, "reward": reward, "prompt_format": prompt_format,
-              "prompts": len(rows), **settings, "rlvr": asdict(cfg)}  # fmt: skip
+              "prompts": len(rows), "sampler": sampler, **settings, "rlvr": asdict(cfg)}  # fmt: skip
     print(f"rlvr: starting at step 0 of {steps} (RLVR keeps no resumable checkpoint: an interrupted run starts "
           f"again).", file=sys.stderr, flush=True)  # fmt: skip
 
@@ -204,6 +296,13 @@ def train_rlvr(
                 log.append({"step": state.global_step, **logs})
                 pd.DataFrame(log).to_csv(out / "train_metrics.csv", index=False)
 
+    extra = {}
+    if sampler == "decode":
+        dtype = autocast_dtype(precision, torch.device("cuda" if cuda else "cpu")) or torch.float32
+        engine = load_causal_lm(start_dir, dtype=dtype, attention=attention).to(model.device)
+        done = stop_rule(reward, [r for r in train_records if reward != "unit_tests" or has_tests(r)], prompt_format)
+        extra["rollout_func"] = MergedPolicySampler(engine, tokenizer, cfg, done, seed)
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental; we pin TRL
     trainer = trainer_cls(
         model=model,
         reward_funcs=reward_func,
@@ -211,6 +310,7 @@ def train_rlvr(
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
         callbacks=[CsvLog()],
+        **extra,
     )
     started = time.time()
     trainer.train()

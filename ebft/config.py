@@ -312,10 +312,25 @@ class RLVRConfig(Section):
     temperature: float = setting(0.6, "sampling temperature of the rollouts", exclusiveMinimum=0)
     top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
     max_completion_length: int = setting(256, minimum=1)
+    sampler: Literal["decode", "generate"] | None = setting(
+        None,
+        "decode: the evaluations' sampler on a merged bf16 copy of the policy, stopping where the evaluation "
+        "stops (GRPO only); generate: TRL's generate on the policy itself; null: decode for grpo, generate for rloo",
+    )
     gradient_checkpointing: bool = False
     reward_timeout: float = setting(3.0, "seconds per sandboxed test program", exclusiveMinimum=0)
     reward_memory_mb: int = setting(1024, minimum=64)
     reward_workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
+
+    def check(self):
+        if self.sampler == "decode" and self.algorithm != "grpo":
+            raise FieldError("sampler", f"'decode' works with TRL's GRPO only, not {self.algorithm!r}; set it to "
+                             "generate (or null), or algorithm to grpo")  # fmt: skip
+
+    @property
+    def sampler_name(self) -> str:
+        """The run's sampler: ``sampler``, or by default decode for GRPO and generate for RLOO."""
+        return self.sampler or ("decode" if self.algorithm == "grpo" else "generate")
 
 
 @dataclass

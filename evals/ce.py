@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ebft.config import CEEvalConfig
-from ebft.losses import token_nll
+from ebft.losses import masked_nll, position_nll
 from ebft.models import load_causal_lm, load_tokenizer
 from ebft.packing import pack_records, target_mask
 from evals.stats import bootstrap_ratio_ci
@@ -28,9 +28,10 @@ def chunk_nll(model, chunks, batch_size: int, device) -> dict[str, tuple[torch.T
     sums = {m: ([], []) for m in METRICS}
     for start in tqdm(range(0, len(chunks), batch_size), desc="ce", unit="batch"):
         batch = chunks.subset(slice(start, start + batch_size))
-        logits = model(input_ids=batch.input_ids.to(device)).logits  # (b, L, V)
+        ids = batch.input_ids.to(device)
+        per_token = position_nll(model(input_ids=ids).logits, ids)  # once for every metric's targets
         for metric, loss_on in METRICS.items():
-            nll, count = token_nll(logits, batch.input_ids.to(device), target_mask(batch, loss_on).to(device))
+            nll, count = masked_nll(per_token, target_mask(batch, loss_on).to(device))
             sums[metric][0].append(nll.cpu())
             sums[metric][1].append(count.cpu())
     return {m: (torch.cat(n), torch.cat(c)) for m, (n, c) in sums.items()}

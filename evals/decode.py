@@ -120,15 +120,38 @@ def decode(
     seed: int,
 ) -> list[list[str]]:
     """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    tokens = decode_tokens(model, tokenizer, encoded, n=n, greedy=greedy, temperature=temperature, top_p=top_p,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, done=done, seed=seed)  # fmt: skip
+    return [[tokenizer.decode(t, skip_special_tokens=True) for t in samples] for samples in tokens]
+
+
+@torch.no_grad()
+def decode_tokens(
+    model,
+    tokenizer,
+    encoded: Sequence[Sequence[int]],
+    *,
+    n: int,
+    greedy: bool,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    done: Callable[[str], bool] | None,
+    seed: int,
+    progress: bool = True,
+) -> list[list[list[int]]]:
+    """:func:`decode` on tokenised prompts: ``n`` completions per prompt as token ids, each ending with its
+    end-of-sequence token where it has one (``tokenizer`` decodes the text ``done`` is asked about)."""
     device = next(model.parameters()).device
     greedy = greedy or temperature == 0
     stops = end_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
-    out: list[list[str]] = [[] for _ in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    out: list[list[list[int]]] = [[] for _ in encoded]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for members in tqdm(batches, desc=f"generate ({n} per prompt)", unit="batch"):
+    for members in tqdm(batches, desc=f"generate ({n} per prompt)", unit="batch", disable=not progress):
         width = max(len(encoded[i]) for i in members)
         ids = torch.full((len(members), width), pad, dtype=torch.long)
         mask = torch.zeros((len(members), width), dtype=torch.long)
@@ -172,5 +195,5 @@ def decode(
                            use_cache=True).logits[:, -1]  # fmt: skip
             position = position + 1
         for r, (i, _) in enumerate(rows):
-            out[i].append(tokenizer.decode(tokens[r], skip_special_tokens=True))
+            out[i].append(tokens[r])
     return out

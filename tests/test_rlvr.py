@@ -108,6 +108,7 @@ def test_two_grpo_steps_with_the_sandbox_reward_change_the_trainable_weights(tin
         "max_completion_length",
     ):
         assert key in settings, key
+    assert settings["sampler"] == "decode"  # GRPO samples with the merged copy by default
     assert (out / "train_metrics.csv").read_text().count("\n") == 3  # header + 2 steps
 
 
@@ -151,6 +152,7 @@ def test_rloo_option_trains_with_the_chrf_reward_for_exactly_ebfts_epoch_bounded
     assert summary["steps"] == ebft_steps
     settings = yaml.safe_load((out / "rlvr_settings.yaml").read_text())
     assert settings["algorithm"] == "rloo" and settings["num_generations"] == 3 and settings["reward"] == "chrf"
+    assert settings["sampler"] == "generate"  # TRL's own generate: RLOO takes no rollout_func
     from transformers import AutoModelForCausalLM
 
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
@@ -175,3 +177,86 @@ def test_rlvr_runs_with_one_seed_end_with_identical_weights(tiny_model_dir, tmp_
         weights.append(load_file(tmp_path / run / "adapter/adapter_model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+class _Trainer:
+    """What TRL's GRPOTrainer hands a rollout_func and the sampler reads: its step, policy and tokenizer."""
+
+    def __init__(self, model, tokenizer, step=0):
+        from types import SimpleNamespace
+
+        self.model, self.processing_class = model, tokenizer
+        self.state = SimpleNamespace(global_step=step)
+        self.accelerator = SimpleNamespace(process_index=0, unwrap_model=lambda m: m)
+
+
+def _lora_policy(tiny_model_dir):
+    from ebft.models import load_causal_lm, make_trainable
+
+    torch.manual_seed(0)
+    policy = make_trainable(load_causal_lm(tiny_model_dir, dropout=0.0),
+                            FinetuneConfig(mode="lora", lora=LoraSettings(r=4, alpha=8)))  # fmt: skip
+    with torch.no_grad():  # LoRA's B starts at zero: give every adapter a delta
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return policy
+
+
+def test_the_merged_copy_computes_what_the_lora_policy_computes_and_leaves_the_policy_as_it_was(tiny_model_dir):
+    from baselines.rlvr import MergedPolicySampler
+    from ebft.models import load_causal_lm, load_tokenizer
+
+    policy = _lora_policy(tiny_model_dir).eval()
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    engine = load_causal_lm(tiny_model_dir)
+    ids = torch.randint(0, 100, (2, 12))
+    sampler = MergedPolicySampler(engine, load_tokenizer(tiny_model_dir), RLVRConfig(), None, seed=0)
+    with torch.no_grad():
+        assert not torch.allclose(engine(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-4)
+        sampler.sync(policy)
+        torch.testing.assert_close(engine(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    after = policy.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no merge-and-unmerge rounding left behind
+
+
+def test_the_rollout_samples_each_row_of_its_prompts_from_the_current_policy_and_stops_where_told(tiny_model_dir):
+    """One completion per prompt row, prompt ids as TRL tokenises text, the same completions for the same seed and
+    step and others at the next step, a resync when the step moves on, and the stop rule applied."""
+    from baselines.rlvr import MergedPolicySampler
+    from ebft.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    policy = _lora_policy(tiny_model_dir).eval()
+    prompts = ["def f():"] * 3 + ["def g(x):"] * 3  # GRPO's layout: each prompt num_generations times in a row
+    cfg = RLVRConfig(max_completion_length=6, temperature=1.0)
+
+    def rollout(step, done=None):
+        sampler = MergedPolicySampler(load_causal_lm(tiny_model_dir), tokenizer, cfg, done, seed=5)
+        return sampler, sampler(prompts, _Trainer(policy, tokenizer, step))
+
+    sampler, out = rollout(2)
+    assert out["prompt_ids"] == tokenizer(text=prompts)["input_ids"] and out["logprobs"] is None
+    assert len(out["completion_ids"]) == 6 and all(1 <= len(c) <= 6 for c in out["completion_ids"])
+    assert out["completion_ids"][0] != out["completion_ids"][1] or out["completion_ids"][1] != out["completion_ids"][2]
+    assert rollout(2)[1] == out and rollout(3)[1] != out
+    assert sampler.synced_step == 2
+    with torch.no_grad():
+        next(p for n, p in policy.named_parameters() if "lora_B" in n).add_(1.0)
+    sampler(prompts, _Trainer(policy, tokenizer, 3))
+    assert sampler.synced_step == 3  # the copy took the policy's new weights
+    with torch.no_grad():
+        ids = torch.tensor([out["prompt_ids"][0]])
+        torch.testing.assert_close(sampler.engine(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5,
+                                   rtol=1e-5)  # fmt: skip
+    _, stopped = rollout(2, done=lambda text: len(text) > 0)
+    assert all(len(tokenizer.decode(c, skip_special_tokens=True)) > 0 or len(c) == 6 for c in stopped["completion_ids"])
+    assert sum(map(len, stopped["completion_ids"])) < sum(map(len, out["completion_ids"]))
+
+
+def test_the_decode_sampler_is_refused_for_rloo_in_one_sentence():
+    from ebft.config import FieldError
+
+    with pytest.raises(FieldError, match="GRPO only"):
+        RLVRConfig(algorithm="rloo", sampler="decode")
+    assert RLVRConfig().sampler_name == "decode" and RLVRConfig(algorithm="rloo").sampler_name == "generate"
