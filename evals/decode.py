@@ -105,24 +105,12 @@ def preallocated_cache(model, capacity: int):
 
 
 @torch.no_grad()
-def decode(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    n: int,
-    greedy: bool,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    batch_size: int,
-    done: Callable[[str], bool] | None,
-    seed: int,
-) -> list[list[str]]:
-    """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch."""
+def decode(model, tokenizer, prompts: Sequence[str], **sampling) -> list[list[str]]:
+    """``n`` completions per prompt (see the module's docstring); ``batch_size`` prompts (× n rows) per batch.
+    ``sampling``: :func:`decode_tokens`' keyword arguments (n, greedy, temperature, top_p, max_new_tokens, batch_size,
+    done, seed)."""
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    tokens = decode_tokens(model, tokenizer, encoded, n=n, greedy=greedy, temperature=temperature, top_p=top_p,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, done=done, seed=seed)  # fmt: skip
+    tokens = decode_tokens(model, tokenizer, encoded, **sampling)
     return [[tokenizer.decode(t, skip_special_tokens=True) for t in samples] for samples in tokens]
 
 
