@@ -15,6 +15,7 @@ written to ``rlvr_settings.yaml`` next to the checkpoint; TRL's per-step logs go
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -160,12 +161,8 @@ class MergedPolicySampler:
             self.sync(trainer.accelerator.unwrap_model(trainer.model))
             self.synced_step = step
         prompt_ids = trainer.processing_class(text=prompts)["input_ids"]  # as TRL tokenises a text prompt
-        runs = []  # GRPO's sampler repeats each prompt num_generations times in a row: prefill each once
-        for ids in prompt_ids:
-            if runs and runs[-1][0] == ids:
-                runs[-1][1] += 1
-            else:
-                runs.append([ids, 1])
+        # GRPO's sampler repeats each prompt num_generations times in a row: prefill each once
+        runs = [(ids, len(list(copies))) for ids, copies in itertools.groupby(prompt_ids)]
         n = runs[0][1] if len({k for _, k in runs}) == 1 else 1
         unique = [ids for ids, _ in runs] if n > 1 else prompt_ids
         seed = derive_seed(self.seed, step, trainer.accelerator.process_index)
@@ -179,14 +176,15 @@ class MergedPolicySampler:
         return {"prompt_ids": [list(ids) for ids in prompt_ids], "completion_ids": completions, "logprobs": None}
 
 
-def stop_rule(reward: str, records: list[dict], prompt_format: str):
-    """Where a completion is finished for the reward (and the downstream evaluation): None means at EOS only."""
+def stop_rule(reward: str, rows: list[dict], prompt_format: str):
+    """Where a completion is finished for the reward (and the downstream evaluation), given the training prompts'
+    :func:`prompt_rows`: None means at EOS only."""
     from evals.code import code_done, tests_form
     from evals.translation import first_line_done
 
     if reward == "chrf":
         return first_line_done
-    forms = {tests_form(r) for r in records}
+    forms = {tests_form(r) for r in rows}
     return code_done(prompt_format, forms.pop()) if len(forms) == 1 else None
 
 
@@ -256,7 +254,6 @@ def train_rlvr(
 
     from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
     from ebft.packing import pack_records
-    from evals.code import has_tests
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +297,7 @@ def train_rlvr(
     if sampler == "decode":
         dtype = autocast_dtype(precision, torch.device("cuda" if cuda else "cpu")) or torch.float32
         engine = load_causal_lm(start_dir, dtype=dtype, attention=attention).to(model.device)
-        done = stop_rule(reward, [r for r in train_records if reward != "unit_tests" or has_tests(r)], prompt_format)
+        done = stop_rule(reward, rows, prompt_format)  # rows: the records the reward can score
         extra["rollout_func"] = MergedPolicySampler(engine, tokenizer, cfg, done, seed)
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental; we pin TRL
     trainer = trainer_cls(

@@ -78,7 +78,7 @@ def parity(job, model_dir: Path, records: list[dict], prompts: int) -> dict:
     start = time.time()
     tokens = decode_tokens(engine, tokenizer, encoded, n=n, greedy=False, temperature=cfg.temperature, top_p=cfg.top_p,
                            max_new_tokens=cfg.max_completion_length, batch_size=2, seed=job.seed,
-                           done=stop_rule(job.reward, records, job.prompt_format), progress=False)  # fmt: skip
+                           done=stop_rule(job.reward, rows, job.prompt_format), progress=False)  # fmt: skip
     seconds = time.time() - start
     texts = [[tokenizer.decode(t, skip_special_tokens=True) for t in ts] for ts in tokens]
     out["decode"] = {**score(texts), "generation_s": round(seconds, 1),
