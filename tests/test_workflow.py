@@ -33,6 +33,17 @@ def job_stats(output: str) -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.M) if m[0] != "total"}
 
 
+def job_priorities(output: str) -> dict[str, set[int]]:
+    """The priorities of a dry run's jobs, by rule: {rule: {priority, …}} (Snakemake prints none for priority 0)."""
+    found: dict[str, set[int]] = {}
+    for block in re.split(r"^(?=(?:local)?rule \w+:)", output, flags=re.M):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            priority = re.search(r"^\s+priority: (\d+)$", block, flags=re.M)
+            found.setdefault(rule[1], set()).add(int(priority[1]) if priority else 0)
+    return found
+
+
 FIGURES = ["val_ce", "fm_loss", "pass_at_1", "tradeoff", "training_curves"]
 TRANSLATION_FIGURES = ["bleu", "chrf", "translation_directions"]
 # per profile: prepared models, and the evaluations of each kind (base, the methods' runs and the sweep runs)
@@ -59,6 +70,23 @@ def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile):
     expected = {"prepare_data": 3, "train_sft": 3, "train_ebft": 3, "train_rlvr": 2, "collect": 1, "tables": 1,
                 "all": 1, **counts}  # fmt: skip
     assert stats == expected
+
+
+def test_every_training_runs_before_the_evaluations_and_code_evaluations_before_the_rest(tmp_path, cli_env):
+    """On 2 cores the study should end on short jobs: with a training left to the end (train_sft once had no
+    priority, so SFT on unstructured_code ran last in the cpu study), its evaluations ran on while a core idled."""
+    priorities = job_priorities(snakemake(cli_env, tmp_path, "-n", profile="cpu"))
+    training = set().union(*(v for rule, v in priorities.items() if rule.startswith("train_")))
+    code = priorities["eval_code"]
+    others = set().union(*(v for rule, v in priorities.items() if rule.startswith("eval_") and rule != "eval_code"))
+    assert {"train_sft", "train_ebft", "train_rlvr", "train_sweep"} <= set(priorities)
+    assert min(training) > max(code) and min(code) > max(others), priorities
+    assert (
+        min(priorities["train_rlvr"])
+        > max(priorities["train_ebft"])
+        >= min(priorities["train_ebft"])
+        > max(priorities["train_sft"] | priorities["train_sweep"])
+    )  # the longest first: RLVR, EBFT, then SFT and the sweep
 
 
 def test_a_per_task_sft_init_makes_that_tasks_ebft_and_rlvr_start_from_its_sft_checkpoint(tmp_path, cli_env):

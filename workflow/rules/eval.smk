@@ -63,6 +63,7 @@ rule eval_code:
     threads: eval_threads("code")
     resources:
         **memory("eval_code"),
+    priority: 1  # the longest evaluations before validation CE, FM and translation
     shell:
         "exec {EBFT} eval --kind code --task {wildcards.task} {params.method} --job {params.job:q} "
         "--model-dir {input.model} --data-dir {params.data} --out {output.record} --samples {output.samples} "

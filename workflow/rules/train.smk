@@ -16,6 +16,7 @@ rule train_sft:
     resources:
         gpu=TRAIN_GPUS,
         **memory("train_sft"),
+    priority: 2  # every training before the evaluations, so that the study ends on short jobs
     shell:
         "exec {EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
@@ -40,7 +41,7 @@ rule train_ebft:
     resources:
         gpu=TRAIN_GPUS,
         **memory("train_ebft"),
-    priority: 1  # long jobs first, so that no long job is left to run alone at the end
+    priority: 3  # long jobs first, so that no long job is left to run alone at the end
     shell:
         "exec {EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
@@ -66,7 +67,7 @@ rule train_rlvr:
     threads: job_threads
     resources:
         **memory("train_rlvr"),
-    priority: 2  # the longest jobs first, so that no long job is left to run alone at the end
+    priority: 4  # the longest jobs first, so that no long job is left to run alone at the end
     shell:
         "exec {EBFT} train --method rlvr --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
@@ -92,6 +93,7 @@ rule train_sweep:
     resources:
         gpu=TRAIN_GPUS,
         **memory("train_sweep"),
+    priority: 2  # every training before the evaluations, so that the study ends on short jobs
     shell:
         "exec {EBFT} train --method ebft --run {wildcards.run:q} --task {wildcards.task} --job {params.job:q} "
         "--model-dir {input.model} --start-dir {input.start} --data-dir {params.data} --out {params.out} "
