@@ -27,7 +27,15 @@ from ebft import optim
 from ebft.config import FinetuneConfig, SFTConfig
 from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
-from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+from ebft.models import (
+    autocast_dtype,
+    autocast_of,
+    frozen_weights_cast,
+    load_causal_lm,
+    load_tokenizer,
+    make_trainable,
+    save_checkpoint,
+)
 from ebft.packing import pack_records, target_mask
 
 METRIC_FIELDS = ["step", "epoch", "loss", "targets", "lr", "grad_norm", "step_time_s", "tokens_per_s"]
@@ -144,7 +152,13 @@ def _real_rows(batch, index: int, num_chunks: int, batch_size: int, accelerator)
 
 
 def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
-    """One optimiser step over ``micro`` batches, token-weighted over all of them."""
+    """One optimiser step over ``micro`` batches, token-weighted over all of them (under bf16 autocast, frozen weights
+    on their casts, made once: :func:`ebft.models.frozen_weights_cast`)."""
+    with frozen_weights_cast(autocast_of(accelerator), model):
+        return _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip)
+
+
+def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
     t0 = time.time()
     local_targets = torch.stack([mask[:, 1:].sum() for _, mask in micro]).sum()
     n_targets = int(optim.global_sum(accelerator, local_targets))  # the whole global step's targets

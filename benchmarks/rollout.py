@@ -115,8 +115,9 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
     parts = ("sample_s", "features_s", "policy_s", "optimizer_s")
     out = {}
     for path, shared in (("whole", False), ("shared", True)):
+        # whole: the released computation (whole sequences, all logits at once); shared: this release's defaults
         cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1,
-                         shared_prefix=shared)  # fmt: skip
+                         shared_prefix=shared, **({} if shared else {"logits_chunk": 0}))  # fmt: skip
         ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
         rows = [ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]) for i in range(args.steps)]
         out[f"ebft_{path}"] = {"step_s": _median([r["step_time_s"] for r in rows]),

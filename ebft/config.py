@@ -275,9 +275,9 @@ class EBFTConfig(OptimiserSettings):
     shared_prefix: bool = setting(True, "the policy and the features compute each chunk's ground-truth prefix once "
                                         "for its n copies (false: the released whole-sequence forwards; the same "
                                         "values within rounding)")  # fmt: skip
-    logits_chunk: int = setting(4096, "positions whose logits are computed at a time in the loss (each chunk "
-                                      "recomputed in the backward pass, so the batch's logits are never held at "
-                                      "once); 0: all at once", minimum=0)  # fmt: skip
+    logits_chunk: int = setting(512, "positions whose logits are computed at a time in the loss (each chunk "
+                                     "recomputed in the backward pass, so the batch's logits are never held at "
+                                     "once); 0: all at once", minimum=0)  # fmt: skip
     lr: float = setting(1e-5, exclusiveMinimum=0)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     batch_size: int = setting(2, "chunks per rollout batch, summed over all processes (× n sequences)", minimum=1)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import typing
+import weakref
 from pathlib import Path
 
 import torch
@@ -284,3 +285,51 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             f"precision 'bf16' was asked for but this {device.type} lacks bf16 support; use 'auto' or 'fp32'."
         )
     return torch.bfloat16 if ok else None
+
+
+def autocast_of(accelerator) -> torch.dtype | None:
+    """The dtype an ``accelerate.Accelerator``'s autocast computes in: bf16 or None (fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
+
+
+_CASTS: dict[int, tuple] = {}  # id of a frozen weight → (a weak reference to it, its version, dtype, its cast)
+
+
+def _cast_of(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` cast to ``dtype``, made again only when ``w`` has changed in place since the last cast."""
+    entry = _CASTS.get(id(w))
+    if entry is None or entry[0]() is not w or entry[1] != w._version or entry[2] != dtype:
+        key = id(w)
+        entry = (weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None)), w._version, dtype, w.detach().to(dtype))
+        _CASTS[key] = entry
+    return entry[3]
+
+
+@contextlib.contextmanager
+def frozen_weights_cast(dtype: torch.dtype | None, *models):
+    """Run the linear layers of ``models`` whose weights are frozen on copies of those weights already cast to the
+    autocast ``dtype``, made once and kept while the weights are unchanged; on exit every layer gets its own weight
+    back. No-op for ``dtype`` None (fp32), or where the weights are not on the CPU.
+
+    Autocast casts a linear layer's fp32 weight to bf16 at every call, and caches the cast only for weights that
+    require gradients: LoRA's frozen base weights, the frozen feature network and the KL reference were cast again at
+    every forward (a fifth of the strided sampler's time on 2 cores). Autocast would compute the same cast, so every
+    output and gradient is bit-identical (``tests/test_models.py``). On a GPU the casts cost little and the copies
+    would hold memory, so the weights stay as they are there.
+    """
+    swapped = []
+    if dtype is not None:
+        for model in models:
+            if model is None:
+                continue
+            for module in model.modules():
+                w = module._parameters.get("weight") if isinstance(module, torch.nn.Linear) else None
+                if w is None or w.requires_grad or w.dtype != torch.float32 or w.device.type != "cpu":
+                    continue
+                module._parameters["weight"] = _cast_of(w, dtype)
+                swapped.append((module, w))
+    try:
+        yield
+    finally:
+        for module, w in swapped:
+            module._parameters["weight"] = w

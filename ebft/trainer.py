@@ -41,7 +41,15 @@ from ebft import optim, scoring, strided
 from ebft.config import EBFTConfig, FinetuneConfig, config_hash
 from ebft.features import feature_network
 from ebft.metrics_log import MetricsLog
-from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable, save_checkpoint
+from ebft.models import (
+    autocast_dtype,
+    autocast_of,
+    frozen_weights_cast,
+    load_causal_lm,
+    load_tokenizer,
+    make_trainable,
+    save_checkpoint,
+)
 from ebft.packing import PackedChunks, pack_records
 from ebft.rewards import feature_rewards, rloo_advantages
 
@@ -165,7 +173,15 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     """One rollout batch: sample, score, one optimiser step. Returns the step's metrics.
 
     ``sample_seeds``: one per chunk of the batch; the n rollouts of chunk b draw from a stream seeded with
-    ``sample_seeds[b]``."""
+    ``sample_seeds[b]``. Under bf16 autocast the frozen weights run on their casts, made once
+    (:func:`ebft.models.frozen_weights_cast`)."""
+    model = accelerator.unwrap_model(policy).model
+    with frozen_weights_cast(autocast_of(accelerator), model, frozen, kl_ref):
+        return _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch, valid, cfg, sample_seeds)
+
+
+def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: PackedChunks, valid, cfg,
+               sample_seeds: list[int]):  # fmt: skip
     c, s, G, n = cfg.c, cfg.s, cfg.G, cfg.n
     t0 = time.time()
     device = accelerator.device

@@ -126,3 +126,54 @@ def test_a_damaged_tokenizer_is_one_sentence(tiny_model_dir, tmp_path):
     folder = damaged(tiny_model_dir, tmp_path, lambda d: (d / "tokenizer.json").write_text("{"))
     with pytest.raises(UserError, match=rf"^the tokenizer in {folder} cannot be loaded"):
         load_tokenizer(folder)
+
+
+def _lora_forward_backward(model, ids, cast):
+    from ebft.models import frozen_weights_cast
+
+    model.zero_grad(set_to_none=True)
+    with frozen_weights_cast(torch.bfloat16 if cast else None, model), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    (logits.float().logsumexp(-1).sum() + logits.float()[..., 0].sum()).backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    return logits, base, grads
+
+
+def test_frozen_weight_casts_leave_outputs_and_gradients_bit_identical(tiny_model_dir):
+    from ebft.config import FinetuneConfig
+    from ebft.models import make_trainable
+
+    torch.manual_seed(0)
+    model = make_trainable(load_causal_lm(tiny_model_dir, dropout=0.0), FinetuneConfig(mode="lora"))
+    for p in model.parameters():  # LoRA's B starts at zero: make the adapter matter
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    ids = torch.randint(0, 1000, (2, 24))
+    weights = {name: p for name, p in model.named_parameters()}
+    plain = _lora_forward_backward(model, ids, cast=False)
+    cached = _lora_forward_backward(model, ids, cast=True)
+    assert torch.equal(plain[0], cached[0]) and torch.equal(plain[1], cached[1])
+    assert all(torch.equal(a, b) for a, b in zip(plain[2], cached[2], strict=True)) and plain[2]
+    # every layer has its own fp32 weight back, the tied head included
+    assert {name: p for name, p in model.named_parameters()} == weights
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    head = model.get_base_model().lm_head
+    assert head.weight is model.get_base_model().model.embed_tokens.weight
+
+
+def test_a_frozen_weight_changed_in_place_is_cast_again(tiny_model_dir):
+    from ebft.models import frozen_weights_cast
+
+    model = load_causal_lm(tiny_model_dir).requires_grad_(False)
+    ids = torch.randint(0, 1000, (1, 16))
+    with frozen_weights_cast(torch.bfloat16, model), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)  # as a LoRA merge would
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=ids).logits
+    with frozen_weights_cast(torch.bfloat16, model), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids).logits
+    assert not torch.equal(before, after) and torch.equal(after, expected)

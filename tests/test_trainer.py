@@ -81,11 +81,12 @@ def test_kl_estimators():
 def run(tiny_model_dir, records, out, **kw):
     extra = {k: kw.pop(k) for k in ("halt_after", "settings_hash", "attention") if k in kw}
     finetune = kw.pop("finetune", FinetuneConfig())
+    precision = kw.pop("precision", "fp32")
     settings = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "max_steps": 3,
                 "checkpoint_every": 1, **kw}  # fmt: skip
     cfg = EBFTConfig(**settings)
     return train_ebft(base_dir=tiny_model_dir, start_dir=tiny_model_dir, train_records=records, chunk_length=64,
-                      finetune=finetune, cfg=cfg, precision="fp32", seed=7, out=out, **extra)  # fmt: skip
+                      finetune=finetune, cfg=cfg, precision=precision, seed=7, out=out, **extra)  # fmt: skip
 
 
 def trainable_weights(path):
@@ -311,3 +312,38 @@ def test_the_shared_prefix_and_chunked_logits_train_like_the_whole_sequence_forw
     run(tiny_model_dir, records, tmp_path / "shared", shared_prefix=True, logits_chunk=5, **kw)
     keys = ("reward", "alignment", "diversity", "ce", "policy_loss", "kl", "loss", "grad_norm")
     assert_same_update(tmp_path / "whole", tmp_path / "shared", keys, rel=1e-4, abs=1e-6, weights=mode == "lora")
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one precision per process: set up afresh for this test's and for the later tests' runs."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.skipif(
+    __import__("ebft.models").models.autocast_dtype("auto", torch.device("cpu")) is None, reason="this CPU lacks bf16"
+)
+def test_bf16_training_on_cast_frozen_weights_is_bit_identical_to_autocasts_own_casts(
+    tiny_model_dir, records, tmp_path, monkeypatch, fresh_accelerator_state
+):
+    import contextlib
+
+    from safetensors.torch import load_file
+
+    cast = run(tiny_model_dir, records, tmp_path / "cast", precision="bf16", max_steps=2)
+    monkeypatch.setattr("ebft.trainer.frozen_weights_cast", lambda *a: contextlib.nullcontext())
+    plain = run(tiny_model_dir, records, tmp_path / "plain", precision="bf16", max_steps=2)
+    assert cast["mixed_precision"] == plain["mixed_precision"] == "bf16"
+    rows = {name: list(csv.DictReader((tmp_path / name / "train_metrics.csv").open())) for name in ("cast", "plain")}
+    for a, b in zip(rows["cast"], rows["plain"], strict=True):
+        assert {k: v for k, v in a.items() if not k.endswith(("_s", "per_s"))} == {
+            k: v for k, v in b.items() if not k.endswith(("_s", "per_s"))
+        }
+    for part in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        a, b = load_file(tmp_path / "cast" / part), load_file(tmp_path / "plain" / part)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert all(t.dtype == torch.float32 for t in a.values())  # the merged model keeps its fp32 weights
