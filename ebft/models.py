@@ -297,9 +297,9 @@ _CASTS: dict[int, tuple] = {}  # id of a frozen weight → (a weak reference to 
 
 def _cast_of(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``w`` cast to ``dtype``, made again only when ``w`` has changed in place since the last cast."""
-    entry = _CASTS.get(id(w))
+    key = id(w)
+    entry = _CASTS.get(key)
     if entry is None or entry[0]() is not w or entry[1] != w._version or entry[2] != dtype:
-        key = id(w)
         entry = (weakref.ref(w, lambda _, key=key: _CASTS.pop(key, None)), w._version, dtype, w.detach().to(dtype))
         _CASTS[key] = entry
     return entry[3]
@@ -313,9 +313,9 @@ def frozen_weights_cast(dtype: torch.dtype | None, *models):
 
     Autocast casts a linear layer's fp32 weight to bf16 at every call, and caches the cast only for weights that
     require gradients: LoRA's frozen base weights, the frozen feature network and the KL reference were cast again at
-    every forward (a fifth of the strided sampler's time on 2 cores). Autocast would compute the same cast, so every
-    output and gradient is bit-identical (``tests/test_models.py``). On a GPU the casts cost little and the copies
-    would hold memory, so the weights stay as they are there.
+    every forward (about a tenth of the strided sampler's time on 2 cores). Autocast would compute the same cast, so
+    every output and gradient is bit-identical (``tests/test_models.py``). On a GPU the casts cost little and the
+    copies would hold memory, so the weights stay as they are there.
     """
     swapped = []
     if dtype is not None:

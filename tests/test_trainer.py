@@ -11,6 +11,7 @@ from ebft import strided
 from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource, LoraSettings, build
 from ebft.data import human_eval_split
 from ebft.errors import ConfigError, UserError
+from ebft.models import autocast_dtype
 from ebft.packing import pack_examples
 from ebft.strided import block_valid, generated_logprobs, strided_forward
 from ebft.trainer import kl_penalty, reinforce_sum, train_ebft
@@ -324,9 +325,7 @@ def fresh_accelerator_state():
     AcceleratorState._reset_state(True)
 
 
-@pytest.mark.skipif(
-    __import__("ebft.models").models.autocast_dtype("auto", torch.device("cpu")) is None, reason="this CPU lacks bf16"
-)
+@pytest.mark.skipif(autocast_dtype("auto", torch.device("cpu")) is None, reason="this CPU lacks bf16")
 def test_bf16_training_on_cast_frozen_weights_is_bit_identical_to_autocasts_own_casts(
     tiny_model_dir, records, tmp_path, monkeypatch, fresh_accelerator_state
 ):
