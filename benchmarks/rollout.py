@@ -12,20 +12,48 @@ ratios are meaningful even on a busy machine. Prints one JSON object:
 - ``agreement``: fraction of tokens on which cached and uncached agree for the same seed (1.0 expected in fp32);
 - ``train_step``: an EBFT optimiser step (LoRA, the cpu profile's settings) on the whole-sequence path and on the
   shared-prefix path, each with its parts (sampling, features, policy forward and backward, optimiser), and an SFT
-  step on the same chunk; ratios EBFT/SFT and shared/whole.
+  step on the same chunk; ratios EBFT/SFT and shared/whole. With ``--reference REV`` (default: the code issue 13
+  measured, ``REFERENCE_REV``), also the EBFT and SFT steps of that revision's own code on the same chunk, run by its
+  own ``benchmarks.rollout.train_steps`` in a subprocess from ``git archive REV``, and the ratio shared/reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from ebft import strided
 from ebft.config import EBFTConfig, FinetuneConfig
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable
+
+# The code issue 13 measured ("today's path"): whole sequences for the policy and the features, all logits at once,
+# torch.multinomial draws, autocast casting the frozen weights at every call. Its EBFT settings are this release's
+# minus shared_prefix and logits_chunk, so it computes the same step (other random draws, the same distribution).
+REFERENCE_REV = "5c80b3d"
+
+# Run in a checkout of the reference revision: one call of its own train_steps (one warm-up EBFT step and one timed,
+# then one SFT warm-up step and one timed); prints its result as JSON.
+_REFERENCE_SNIPPET = """
+import argparse, json, sys
+import torch
+opts = json.loads(sys.argv[1])
+if opts["threads"]:
+    torch.set_num_threads(opts["threads"])
+from benchmarks.rollout import real_chunk, train_steps
+from ebft.models import load_tokenizer
+chunk = real_chunk(load_tokenizer(opts["model_dir"]), opts["length"])
+print(json.dumps(train_steps(opts["model_dir"], chunk, argparse.Namespace(**opts["args"]), opts["precision"])))
+"""
 
 
 def _timed(fn):
@@ -92,10 +120,46 @@ def rollouts(model, chunk, args, dtype) -> dict:
             "agreement": round(float((a == b).float().mean()), 4), "blocks": NB, "sequence": S}  # fmt: skip
 
 
-def train_steps(model_dir, chunk, args, precision: str) -> dict:
+def resolve(rev: str) -> str:
+    """The full commit id of revision ``rev`` of this repository, or one sentence saying why there is none (checked
+    before any timing, so a mistyped revision costs nothing)."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise SystemExit(f"benchmarks.rollout: {rev!r} is not a commit of the repository at {root}; pass --reference "
+                         "a revision of it (a clone with history), or --reference none to leave it out")  # fmt: skip
+    return done.stdout.strip()
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The files of ``commit`` of this repository (``git archive``), extracted under ``into``."""
+    root = Path(__file__).resolve().parent.parent
+    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=root, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    return into
+
+
+def reference_step(tree: Path, model_dir: str, chunk_length: int, args, precision: str) -> dict:
+    """One EBFT step and one SFT step of the reference revision's own code (checked out in ``tree``) on the same chunk
+    and settings: its ``train_steps``, in a subprocess run from its files."""
+    settings = {k: getattr(args, k) for k in ("c", "s", "G", "n", "temperature", "seed")}
+    opts = {"model_dir": str(Path(model_dir).resolve()), "length": chunk_length, "precision": precision,
+            "threads": args.threads, "args": settings}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _REFERENCE_SNIPPET, json.dumps(opts)], cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise SystemExit(f"benchmarks.rollout: revision {args.reference} failed to run its own train_steps (a "
+                         f"reference needs {REFERENCE_REV}'s benchmarks.rollout):\n{done.stderr[-2000:]}")  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def train_steps(model_dir, chunk, args, precision: str, reference: Path | None = None) -> dict:
     """EBFT steps (n copies of the chunk) on the whole-sequence path (the released computation) and the shared-prefix
     path, each split into its parts, and one SFT step on the chunk; LoRA, the trainer's own code paths, one warm-up
-    step each, then the median of ``--steps`` steps."""
+    step each, then the median of ``--steps`` steps. With ``reference`` (a checkout of the reference revision), each
+    round of steps also runs one of its EBFT and SFT steps, so that the machine's drift reaches every path alike."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -113,19 +177,28 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
     batch = PackedChunks(chunk, ones, ones, torch.zeros_like(chunk))
     valid = torch.ones(1, strided.num_blocks(chunk.shape[1], args.c, args.s, args.G), dtype=torch.bool)
     parts = ("sample_s", "features_s", "policy_s", "optimizer_s")
-    out = {}
-    for path, shared in (("whole", False), ("shared", True)):
-        # whole: the released computation (whole sequences, all logits at once); shared: this release's defaults
-        cfg = EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1,
-                         shared_prefix=shared, **({} if shared else {"logits_chunk": 0}))  # fmt: skip
+    # whole: the released computation (whole sequences, all logits at once); shared: this release's defaults
+    cfgs = {path: EBFTConfig(c=args.c, s=args.s, G=args.G, n=args.n, temperature=args.temperature, batch_size=1,
+                             shared_prefix=shared, **({} if shared else {"logits_chunk": 0}))
+            for path, shared in (("whole", False), ("shared", True))}  # fmt: skip
+    for cfg in cfgs.values():
         ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
-        rows = [ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]) for i in range(args.steps)]
-        out[f"ebft_{path}"] = {"step_s": _median([r["step_time_s"] for r in rows]),
-                               **{k: _median([r[k] for r in rows]) for k in parts}}  # fmt: skip
+    rows, ref_rows = {path: [] for path in cfgs}, []
+    for i in range(args.steps):  # rounds: the reference, then each path
+        if reference is not None:
+            ref_rows.append(reference_step(reference, model_dir, chunk.shape[1], args, precision))
+        for path, cfg in cfgs.items():
+            rows[path].append(ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]))
+    out = {f"ebft_{path}": {"step_s": _median([r["step_time_s"] for r in rows[path]]),
+                            **{k: _median([r[k] for r in rows[path]]) for k in parts}} for path in cfgs}  # fmt: skip
     with acc.autocast():
         sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0)
         times = [_timed(lambda: sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0))[0] for _ in range(args.steps)]
     out["sft_step_s"] = round(_median(times), 3)
+    if ref_rows:
+        out["reference"] = {"rev": args.reference, "step_s": _median([r["ebft_step_s"] for r in ref_rows]),
+                            "sample_s": _median([r["ebft_sampling_s"] for r in ref_rows]),
+                            "sft_step_s": _median([r["sft_step_s"] for r in ref_rows])}  # fmt: skip
     whole, shared = out["ebft_whole"]["step_s"], out["ebft_shared"]["step_s"]
     sample = {path: out[f"ebft_{path}"]["sample_s"] for path in ("whole", "shared")}
     out["ratios"] = {
@@ -134,6 +207,10 @@ def train_steps(model_dir, chunk, args, precision: str) -> dict:
         "shared/whole": round(shared / whole, 3),
         "shared/whole without sampling": round((shared - sample["shared"]) / (whole - sample["whole"]), 3),
     }
+    if "reference" in out:
+        ref = out["reference"]
+        out["ratios"].update({"reference/sft": round(ref["step_s"] / ref["sft_step_s"], 2),
+                              "shared/reference": round(shared / ref["step_s"], 3)})  # fmt: skip
     return out
 
 
@@ -153,9 +230,21 @@ def main():
     p.add_argument("--skip-rollouts", action="store_true", help="only the EBFT and SFT step timings")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per path (median)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--reference", default=REFERENCE_REV, metavar="REV",
+                   help=f"also time the EBFT and SFT steps of revision REV's own code on the same chunk (default "
+                        f"{REFERENCE_REV}, the code issue 13 measured); 'none' leaves it out")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="ebft-reference-") as tmp:
+        reference = None
+        if args.reference != "none" and not args.skip_train:
+            args.reference = resolve(args.reference)
+            reference = checkout(args.reference, Path(tmp))
+        print(json.dumps(run_all(args, reference), indent=2))
+
+
+def run_all(args, reference: Path | None) -> dict:
     model = load_causal_lm(args.model_dir).eval()
     chunk = real_chunk(load_tokenizer(args.model_dir), args.length)
     result = {"model_dir": args.model_dir, "threads": torch.get_num_threads(), "L": chunk.shape[1], "c": args.c,
@@ -167,9 +256,9 @@ def main():
             continue
         run = {} if args.skip_rollouts else rollouts(model, chunk, args, dtype)
         if not args.skip_train:
-            run["train_step"] = train_steps(args.model_dir, chunk, args, precision)
+            run["train_step"] = train_steps(args.model_dir, chunk, args, precision, reference)
         result["runs"][precision] = run
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
