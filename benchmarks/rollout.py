@@ -150,9 +150,13 @@ def reference_step(tree: Path, model_dir: str, chunk_length: int, args, precisio
     done = subprocess.run([sys.executable, "-c", _REFERENCE_SNIPPET, json.dumps(opts)], cwd=tree,
                           env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)  # fmt: skip
     if done.returncode:
-        raise SystemExit(f"benchmarks.rollout: revision {args.reference} failed to run its own train_steps (a "
-                         f"reference needs {REFERENCE_REV}'s benchmarks.rollout):\n{done.stderr[-2000:]}")  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"revision {args.reference} failed to run its own train_steps (a reference needs "
+                           f"{REFERENCE_REV}'s benchmarks.rollout): {done.stderr[-2000:]}")  # fmt: skip
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    if not {"ebft_step_s", "ebft_sampling_s", "sft_step_s"} <= row.keys():
+        raise RuntimeError(f"revision {args.reference}'s train_steps reports {sorted(row)}, not the ebft_step_s, "
+                           f"ebft_sampling_s and sft_step_s of {REFERENCE_REV}'s")  # fmt: skip
+    return row
 
 
 def train_steps(model_dir, chunk, args, precision: str, reference: Path | None = None) -> dict:
@@ -183,10 +187,13 @@ def train_steps(model_dir, chunk, args, precision: str, reference: Path | None =
             for path, shared in (("whole", False), ("shared", True))}  # fmt: skip
     for cfg in cfgs.values():
         ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [0])  # warm-up
-    rows, ref_rows = {path: [] for path in cfgs}, []
+    rows, ref_rows, ref_error = {path: [] for path in cfgs}, [], None
     for i in range(args.steps):  # rounds: the reference, then each path
-        if reference is not None:
-            ref_rows.append(reference_step(reference, model_dir, chunk.shape[1], args, precision))
+        if reference is not None and ref_error is None:
+            try:
+                ref_rows.append(reference_step(reference, model_dir, chunk.shape[1], args, precision))
+            except RuntimeError as error:  # this release's timings still come out
+                ref_error = str(error)
         for path, cfg in cfgs.items():
             rows[path].append(ebft_step(acc, policy, None, None, opt, sched, batch, valid, cfg, [1 + i]))
     out = {f"ebft_{path}": {"step_s": _median([r["step_time_s"] for r in rows[path]]),
@@ -195,7 +202,9 @@ def train_steps(model_dir, chunk, args, precision: str, reference: Path | None =
         sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0)
         times = [_timed(lambda: sft_step(model, opt, sched, acc, [(chunk, ones)], 1.0))[0] for _ in range(args.steps)]
     out["sft_step_s"] = round(_median(times), 3)
-    if ref_rows:
+    if ref_error:
+        out["reference"] = {"rev": args.reference, "error": ref_error}
+    elif ref_rows:
         out["reference"] = {"rev": args.reference, "step_s": _median([r["ebft_step_s"] for r in ref_rows]),
                             "sample_s": _median([r["ebft_sampling_s"] for r in ref_rows]),
                             "sft_step_s": _median([r["sft_step_s"] for r in ref_rows])}  # fmt: skip
@@ -207,7 +216,7 @@ def train_steps(model_dir, chunk, args, precision: str, reference: Path | None =
         "shared/whole": round(shared / whole, 3),
         "shared/whole without sampling": round((shared - sample["shared"]) / (whole - sample["whole"]), 3),
     }
-    if "reference" in out:
+    if "step_s" in out.get("reference", {}):
         ref = out["reference"]
         out["ratios"].update({"reference/sft": round(ref["step_s"] / ref["sft_step_s"], 2),
                               "shared/reference": round(shared / ref["step_s"], 3)})  # fmt: skip

@@ -1,11 +1,12 @@
 """benchmarks.rollout's reference: a revision of this repository, checked before any timing and run from its files."""
 
+import argparse
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from benchmarks.rollout import REFERENCE_REV, checkout, resolve
+from benchmarks.rollout import REFERENCE_REV, checkout, reference_step, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,14 @@ def test_checkout_holds_the_revision_files(tmp_path):
     tree = checkout(resolve("HEAD"), tmp_path)
     assert (tree / "benchmarks" / "rollout.py").read_text() == git("show", "HEAD:benchmarks/rollout.py") + "\n"
     assert (tree / "ebft" / "trainer.py").is_file()
+
+
+def test_reference_that_fails_is_an_error_the_run_records(tmp_path):
+    """A reference tree whose train_steps does not run raises RuntimeError (train_steps records it and keeps this
+    release's timings), not SystemExit."""
+    args = argparse.Namespace(reference="abc", threads=1, c=8, s=8, G=8, n=4, temperature=0.6, seed=0)
+    with pytest.raises(RuntimeError, match="revision abc failed to run its own train_steps"):
+        reference_step(tmp_path, str(tmp_path), 64, args, "fp32")
 
 
 @pytest.mark.skipif(git("rev-parse", "--is-shallow-repository") == "true", reason="a shallow clone lacks it")
