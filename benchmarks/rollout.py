@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from ebft import strided
+from ebft.cli import REPO
 from ebft.config import EBFTConfig, FinetuneConfig
 from ebft.models import autocast_dtype, load_causal_lm, load_tokenizer, make_trainable
 
@@ -123,19 +124,17 @@ def rollouts(model, chunk, args, dtype) -> dict:
 def resolve(rev: str) -> str:
     """The full commit id of revision ``rev`` of this repository, or one sentence saying why there is none (checked
     before any timing, so a mistyped revision costs nothing)."""
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     if done.returncode:
-        raise SystemExit(f"benchmarks.rollout: {rev!r} is not a commit of the repository at {root}; pass --reference "
+        raise SystemExit(f"benchmarks.rollout: {rev!r} is not a commit of the repository at {REPO}; pass --reference "
                          "a revision of it (a clone with history), or --reference none to leave it out")  # fmt: skip
     return done.stdout.strip()
 
 
 def checkout(commit: str, into: Path) -> Path:
     """The files of ``commit`` of this repository (``git archive``), extracted under ``into``."""
-    root = Path(__file__).resolve().parent.parent
-    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=root, capture_output=True, check=True).stdout
+    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(into, filter="data")
     return into
