@@ -8,10 +8,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/cpu.yaml"
 
 
-include: "workflow/rules/common.smk"  # schema validation, layout, per-rule config
+include: "workflow/rules/common.smk"  # no rules: the study as ebft.resolve reads it, layout, per-rule settings
 include: "workflow/rules/prepare.smk"  # prepare_model, prepare_data
-include: "workflow/rules/train.smk"  # train_sft, train_ebft, train_rlvr
-include: "workflow/rules/eval.smk"  # eval_ce, eval_fm, eval_code
+include: "workflow/rules/train.smk"  # train_sft, train_ebft, train_rlvr, train_sweep
+include: "workflow/rules/eval.smk"  # eval_ce, eval_fm, eval_code, eval_translation
 include: "workflow/rules/report.smk"  # collect, tables, figure_<name> (one job per figure)
 
 

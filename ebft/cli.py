@@ -363,8 +363,15 @@ def check_profile(spec: str, runs: bool = False) -> str:
         jobs += [study.job("train", task=task, method=m) for m in study.runs(task)]
         jobs += [study.job("eval", task=task, method=m, kind=k) for k in study.eval_kinds(task)
                  for m in study.evaluated(task)]  # fmt: skip
-    jobs.append(study.job("report"))
-    line = f"{spec}: profile {study.profile.profile!r}, {len(study.tasks)} tasks, {len(jobs)} jobs; no problem found."
+    study.job("report")
+    from evals.metrics import report_figures
+
+    figures = report_figures(study)
+    total = len(jobs) + 2 + len(figures) + 1  # the report's collect, tables and figure jobs, and Snakemake's `all`
+    tasks = f"{len(study.tasks)} task" + ("s" if len(study.tasks) != 1 else "")
+    line = (f"{spec}: profile {study.profile.profile!r}, {tasks}, {total} jobs as `snakemake -n` counts them "
+            f"({len(jobs)} to prepare, train and evaluate; collect, tables and {len(figures)} figures; all); no "
+            f"problem found.")  # fmt: skip
     if runs:
         line += "".join(f"\n{task}: " + " ".join(study.runs(task)) for task in study.tasks)
     return line
@@ -527,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("schema", help="Print the profile's JSON schema (workflow/schemas/config.schema.yaml), "
                                        "generated from the typed settings.")  # fmt: skip
+    sp.add_argument("--markdown", action="store_true", help="print the configuration reference instead "
+                    "(docs/configuration.md), generated from the same settings")  # fmt: skip
     sp.set_defaults(func=None)
     return p
 
@@ -544,9 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "schema":
-        from ebft.schema import schema_text
+        from ebft.schema import reference_markdown, schema_text
 
-        sys.stdout.write(schema_text())
+        sys.stdout.write(reference_markdown() if args.markdown else schema_text())
         return 0
     if getattr(args, "stop_with_parent", False):
         stop_with_parent()

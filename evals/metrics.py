@@ -1,4 +1,4 @@
-"""Metrics: the unbiased pass@k estimator (Chen et al., 2021; EBFT_SPEC.md §6) and the declaration of every metric."""
+"""Metrics: the unbiased pass@k estimator (Chen et al., 2021; docs/method.md §6) and the declaration of every metric."""
 
 from __future__ import annotations
 
@@ -123,3 +123,12 @@ def summary_figures(kinds) -> list[str]:
     kinds = set(kinds)
     names = ["tradeoff"] if "ce" in kinds and kinds & set(DOWNSTREAM_KINDS) else []
     return names + (["translation_directions"] if "translation" in kinds else [])
+
+
+def report_figures(study) -> list[str]:
+    """Every figure the report draws for ``study`` (an :class:`ebft.resolve.Study`), one workflow job each: a figure
+    per drawn metric, the summary figures, one per sweep, and the training curves where anything is trained."""
+    kinds = {kind for task in study.tasks for kind in study.eval_kinds(task)}
+    names = figure_metrics(kinds, study.code_ks) + summary_figures(kinds)
+    names += [f"sweep_{name}" for name in study.profile.sweeps]  # the ablation figure of each sweep
+    return names + (["training_curves"] if any(study.trained(task) for task in study.tasks) else [])

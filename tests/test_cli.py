@@ -234,7 +234,10 @@ def test_a_job_stops_when_the_process_that_started_it_is_killed(flag):
 
 def test_check_resolves_every_job_of_a_profile_or_names_the_problem(capsys, tmp_path):
     assert main(["check", "--config", SMOKE]) == 0
-    assert "profile 'smoke', 3 tasks, 53 jobs; no problem found." in capsys.readouterr().out
+    assert (
+        "profile 'smoke', 3 tasks, 65 jobs as `snakemake -n` counts them (52 to prepare, train and evaluate; "
+        "collect, tables and 10 figures; all); no problem found."
+    ) in capsys.readouterr().out
     raw = yaml.safe_load(Path(SMOKE).read_text())
     raw["tasks"]["translation"]["chunk_length"] = 8  # fits its own override c = 4, s = 2, G = 4: one block
     raw["tasks"]["qa_code"]["chunk_length"] = 8  # the global c = s = G = 8 need L ≥ 16

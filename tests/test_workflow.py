@@ -63,6 +63,9 @@ DAGS = {
 @pytest.mark.parametrize("profile", list(DAGS))
 def test_dry_run_lists_the_expected_jobs(tmp_path, cli_env, profile):
     stats = job_stats(snakemake(cli_env, tmp_path, "-n", profile=profile))
+    check = subprocess.run([sys.executable, "-m", "ebft.cli", "check", "--config", f"config/{profile}.yaml"], cwd=REPO,
+                           env=cli_env, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert f" {sum(stats.values())} jobs as `snakemake -n` counts them " in check  # `ebft check` counts alike
     counts, figures = DAGS[profile]
     assert {rule for rule in stats if rule.startswith("figure_")} == {f"figure_{name}" for name in figures}
     assert all(stats.pop(f"figure_{name}") == 1 for name in figures)  # one job per figure

@@ -10,7 +10,7 @@ from pathlib import Path
 from ebft.errors import ConfigError
 from snakemake.exceptions import WorkflowError
 from ebft.resolve import load_study
-from evals.metrics import figure_metrics, summary_figures
+from evals.metrics import report_figures
 
 try:
     STUDY = load_study(config)
@@ -173,11 +173,8 @@ def train_metrics_files():
 
 
 def figures():
-    """The report's figures: one per drawn metric the study produces (declared once, in evals.metrics)."""
-    kinds = {kind for task in TASKS for kind in STUDY.eval_kinds(task)}
-    names = figure_metrics(kinds, STUDY.code_ks) + summary_figures(kinds)
-    names += [f"sweep_{name}" for name in STUDY.profile.sweeps]  # the ablation figure of each sweep
-    return [L.figure(m) for m in names + (["training_curves"] if train_metrics_files() else [])]
+    """The report's figures: one per drawn metric the study produces, and the rest (declared in evals.metrics)."""
+    return [L.figure(name) for name in report_figures(STUDY)]
 
 
 def study_products():
