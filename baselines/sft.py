@@ -1,6 +1,6 @@
 """Supervised fine-tuning (SFT): the baseline EBFT is compared against.
 
-Objective: teacher-forced next-token cross-entropy (temperature 1) on the packed training chunks of EBFT_SPEC.md §3,
+Objective: teacher-forced next-token cross-entropy (temperature 1) on the packed training chunks of docs/method.md §3,
 token-weighted: per optimiser step, the summed NLL of every counted target in the step's chunks divided by their
 number (``loss_on: all`` counts every real token: question, answer and EOS separators, as in the released SFT
 runs on packed data; ``answer`` counts answer tokens only). Padding is never a target. AdamW with the profile's

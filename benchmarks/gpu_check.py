@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-ARCHS = {  # public architecture configs (EBFT_SPEC.md §5 models)
+ARCHS = {  # public architecture configs (docs/method.md §5 models)
     "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
                          max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6),

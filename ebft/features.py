@@ -1,4 +1,4 @@
-"""Sequence features from the frozen base model (EBFT_SPEC.md §4).
+"""Sequence features from the frozen base model (docs/method.md §4).
 
 The feature network's forward over the strided sequence [chunk | generated] (strided mask and positions;
 ``ebft.scoring.strided_features``, whole or with each chunk's prefix shared by its copies) gives both feature sets:

@@ -1,4 +1,4 @@
-"""The strided layout's block count (EBFT_SPEC.md §3); importable without torch, for the workflow's profile check."""
+"""The strided layout's block count (docs/method.md §3); importable without torch, for the workflow's profile check."""
 
 from __future__ import annotations
 

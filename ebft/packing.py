@@ -1,4 +1,4 @@
-"""Packing for CE-style training (EBFT_SPEC.md §3).
+"""Packing for CE-style training (docs/method.md §3).
 
 Each example is tokenised as question‖answer: no chat template, no BOS, no separator between question and answer
 (the two parts are tokenised separately, so the answer boundary is exact). Examples are joined by one EOS into one
@@ -80,7 +80,8 @@ def pack_records(records: list[dict], tokenizer, chunk_length: int) -> PackedChu
 
 
 def target_mask(chunks: PackedChunks, loss_on: str) -> torch.Tensor:
-    """Which positions count as CE targets: 'all' real tokens (spec §6) or 'answer' tokens only. (N, L) bool."""
+    """Which positions count as CE targets: 'all' real tokens (docs/method.md §6) or 'answer' tokens only; (N, L)
+    bool."""
     if loss_on == "all":
         return chunks.valid
     if loss_on == "answer":

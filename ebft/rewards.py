@@ -1,4 +1,4 @@
-"""Feature-matching rewards and RLOO advantages (EBFT_SPEC.md §1, §2, §4).
+"""Feature-matching rewards and RLOO advantages (docs/method.md §1, §2, §4).
 
 For one context (a chunk's block k) with n rollout features φ_1..φ_n and reference features φ_y, after whitening φ̃:
 
@@ -118,7 +118,7 @@ def fm_loss_estimate(gen: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def rloo_advantages(alignment: torch.Tensor, diversity: torch.Tensor, *, alpha: float, beta: float) -> torch.Tensor:
-    """Leave-one-out advantages (n, NB) for rewards α·A − β·D (spec §2).
+    """Leave-one-out advantages (n, NB) for rewards α·A − β·D (docs/method.md §2).
 
     b^A_j = (Σ_i A_i − A_j)/(n − 1); b^D_j = (Σ_i D_i − 2·D_j)/(n − 2), the mean diversity recomputed on the other
     n − 1 rollouts; advantage_j = r_j − (α·b^A_j − β·b^D_j). No std normalisation, no clipping.

@@ -1,4 +1,4 @@
-"""Strided block-parallel sampling (EBFT_SPEC.md §3).
+"""Strided block-parallel sampling (docs/method.md §3).
 
 A chunk x of L tokens holds NB = (L − G − c)/s + 1 blocks. Block k conditions on the nested prefix x[0 : c + k·s] and
 samples G tokens; its ground truth is x[c + k·s : c + k·s + G]. All blocks live in one sequence of S = L + NB·G

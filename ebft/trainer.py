@@ -1,4 +1,4 @@
-"""EBFT trainer: strided rollouts → base-model features → feature-matching rewards → REINFORCE (EBFT_SPEC.md §1–§4).
+"""EBFT trainer: strided rollouts → base-model features → feature-matching rewards → REINFORCE (docs/method.md §1–§4).
 
 Objective per rollout batch of B chunks, each copied n times (train batch B·n sequences):
 

@@ -1,4 +1,4 @@
-"""Validation cross-entropy (EBFT_SPEC.md §6).
+"""Validation cross-entropy (docs/method.md §6).
 
 Teacher-forced next-token CE at temperature 1 over the held-out packed chunks, token-weighted over every real
 position (question, answer and EOS separators): ``val_ce``; and over answer tokens only: ``val_ce_answer``. Both in

@@ -1,4 +1,4 @@
-"""Downstream code evaluation (EBFT_SPEC.md §6): sample, extract the program, run the problem's tests, pass@k.
+"""Downstream code evaluation (docs/method.md §6): sample, extract the program, run the problem's tests, pass@k.
 
 Per problem, ``n`` completions are sampled (T = 0.6, top-p 0.95 by default; a greedy option) from a prompt written
 for the model: the raw problem text for base models (the completion continues the function body), or the model's

@@ -1,4 +1,4 @@
-"""Held-out feature-matching loss (EBFT_SPEC.md §1).
+"""Held-out feature-matching loss (docs/method.md §1).
 
 For each held-out chunk, n rollouts per block from the model under test (strided sampler, the task's c/s/G and
 sampling temperature, a fixed seed shared by every model), features from the frozen base model, unwhitened, pooled

@@ -1,4 +1,4 @@
-"""Downstream translation: held-out pairs translated by the model, scored as MT papers report it (EBFT_SPEC.md §6).
+"""Downstream translation: held-out pairs translated by the model, scored as MT papers report it (docs/method.md §6).
 
 - Prompts: each held-out record's question (ALMA's ``Translate this from X to Y:\\nX: …\\nY:``) rendered as the task's
   prompt format renders it for training and RLVR (:func:`evals.code.render`); at most ``max_pairs`` pairs per
