@@ -531,3 +531,43 @@ def test_the_documented_example_profiles_are_valid_and_read_their_data(tmp_path,
     assert main(["prepare-data", "--config", str(custom), "--task", "unstructured_code", "--out", str(out)]) == 0
     lines = {name: (out / name).read_text().count("\n") for name in ("train.jsonl", "heldout.jsonl")}
     assert lines == {"train.jsonl": 40, "heldout.jsonl": 8}
+
+
+def code_reference_problems(text: str, path: Path, root: Path = REPO) -> list[str]:
+    """Links such as [`ebft.rewards.feature_rewards`](../ebft/rewards.py) whose function, class or constant the linked
+    file does not define, and `test_…` names that no test file defines."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for name, target in re.findall(r"\[`([\w.]+)`\]\(([^)#\s]+\.py)\)", line):
+            source = (path.parent / target).resolve()
+            defined = source.is_file() and re.search(rf"^\s*(?:def|class) {re.escape(name.rsplit('.', 1)[-1])}\b|"
+                                                     rf"^{re.escape(name.rsplit('.', 1)[-1])}\s*[:=]",
+                                                     source.read_text(encoding="utf-8"), flags=re.M)  # fmt: skip
+            if "." in name and not defined:
+                problems.append(f"{where(path, root)}:{number}: `{name}` is not defined in {target}")
+    tests = "\n".join(file.read_text(encoding="utf-8") for file in sorted((root / "tests").glob("test_*.py")))
+    for number, line in enumerate(text.splitlines(), 1):
+        for name in re.findall(r"`(test_\w+)`", line):
+            if not re.search(rf"^def {name}\(", tests, flags=re.M):
+                problems.append(f"{where(path, root)}:{number}: no test is named {name}")
+    return problems
+
+
+def test_the_functions_and_tests_the_pages_point_to_exist():
+    problems = [p for file in doc_files(history=False) for p in code_reference_problems(file.read_text("utf-8"), file)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_code_reference_checker_finds_what_is_not_defined(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("def there():\n    pass\n\n\nclass Here:\n    pass\n\nLIMIT = 3\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_mod.py").write_text("def test_real():\n    pass\n")
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("[`pkg.mod.there`](../pkg/mod.py), [`pkg.mod.Here`](../pkg/mod.py), "
+                    "[`pkg.mod.LIMIT`](../pkg/mod.py)\n[`pkg.mod.gone`](../pkg/mod.py) `test_real` `test_gone`\n")  # fmt: skip
+    assert code_reference_problems(page.read_text(), page, root=tmp_path) == [
+        "docs/page.md:2: `pkg.mod.gone` is not defined in ../pkg/mod.py",
+        "docs/page.md:2: no test is named test_gone",
+    ]
