@@ -553,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "schema":
-        from ebft.schema import reference_markdown, schema_text
+        from ebft.reference import reference_markdown
+        from ebft.schema import schema_text
 
         sys.stdout.write(reference_markdown() if args.markdown else schema_text())
         return 0

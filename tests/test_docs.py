@@ -19,7 +19,8 @@ from urllib.parse import unquote
 import pytest
 
 from ebft.cli import build_parser, main
-from ebft.schema import REFERENCE_PATH, reference_markdown, schema_text
+from ebft.reference import REFERENCE_PATH, reference_markdown
+from ebft.schema import schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 REGENERATE = ".venv/bin/ebft schema --markdown > docs/configuration.md"
