@@ -68,10 +68,10 @@ def reference_markdown() -> str:
     _plan(Profile, "", parts)
     counts: dict[str, int] = {}
     for title in ("Configuration reference", "Contents"):
-        _unique_anchor(title, counts)
+        unique_anchor(title, counts)
     for part in parts:
         part.heading = "Top-level keys" if part.cls is Profile else _heading(part)
-        part.anchor = _unique_anchor(part.heading, counts)
+        part.anchor = unique_anchor(part.heading, counts)
     anchors = {(key, part.cls): part.anchor for part in parts for key in part.keys}
     out = [_INTRO, "## Contents\n"]
     out += [f"{'  ' * part.depth}- [{part.heading}](#{part.anchor})" for part in parts]
@@ -146,12 +146,16 @@ def _heading(part: _Part) -> str:
 
 
 def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a heading: lower case, only letters, digits, spaces, '-' and '_', spaces as '-'."""
-    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading).lower()
+    """The anchor GitHub gives a heading: a link's text kept, HTML tags dropped outside code spans, lower case, only
+    letters, digits, spaces, '-' and '_', spaces as '-'."""
+    pieces = re.split(r"(`+[^`]*`+)", heading)  # code spans are text as written; elsewhere <b> is a tag
+    text = "".join(p if i % 2 else re.sub(r"<[^<>]+>", "", re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", p))
+                   for i, p in enumerate(pieces)).lower()  # fmt: skip
     return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
 
 
-def _unique_anchor(heading: str, counts: dict[str, int]) -> str:
+def unique_anchor(heading: str, counts: dict[str, int]) -> str:
+    """``heading``'s anchor on a page whose earlier anchors ``counts`` holds: a repeated one gets -1, -2, …"""
     base = github_anchor(heading)
     n = counts.get(base, 0)
     counts[base] = n + 1

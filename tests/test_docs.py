@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import pytest
 
 from ebft.cli import build_parser, main
-from ebft.reference import REFERENCE_PATH, reference_markdown
+from ebft.reference import REFERENCE_PATH, reference_markdown, unique_anchor
 from ebft.schema import schema_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,24 +102,11 @@ def _setext_text(lines: list[str], i: int) -> bool:
     return i == 1 or not lines[i - 2].strip()
 
 
-def anchor(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case; only letters, digits, spaces, '-' and '_' kept; spaces as '-'."""
-    pieces = re.split(r"(`+[^`]*`+)", heading)  # code spans are text as written; elsewhere <b> is a tag
-    text = "".join(p if i % 2 else re.sub(r"<[^<>]+>", "", re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", p))
-                   for i, p in enumerate(pieces)).lower()  # fmt: skip
-    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
-
-
 def anchors(text: str) -> set[str]:
     """Every #fragment a Markdown text defines: its headings' anchors (a repeated one gets -1, -2, …), and HTML ids."""
     masked, _, headings = parse_markdown(text)
     seen: dict[str, int] = {}
-    out = set()
-    for _, heading in headings:
-        base = anchor(heading)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.add(base if n == 0 else f"{base}-{n}")
+    out = {unique_anchor(heading, seen) for _, heading in headings}
     out.update(m.group(2) for m in re.finditer(r"<[a-z]+\b[^>]*\s(id|name)\s*=\s*[\"']([^\"']+)[\"']", masked, re.I))
     return out
 
