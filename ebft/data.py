@@ -10,6 +10,10 @@ A record is ``{"id", "question", "answer", "tests", "entry_point", "meta"}``; ``
   with format placeholders, empty or untranslated strings are dropped; split by English source string, so one
   sentence never appears on both sides.
 
+And ``hub``, a user's data (or the paper's datasets): a local folder, read afresh from its files each time, or a hub
+dataset, one split each side. Every row is checked (question and answer are text, tests in their form), and a held-out
+side that reads the training side's data, or repeats one of its rows, is refused.
+
 Splits hash ``"<seed>:<key>"`` with SHA-256: adding a record never moves another across the split. Each split's size
 and content hash are written to ``manifest.json`` next to it.
 """
@@ -21,6 +25,7 @@ import gettext
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -167,47 +172,295 @@ def django_split(src: DjangoSource, seed: int):
 
 
 def hub_split(src: HubSource, seed: int):
-    """Load the released datasets with ``datasets.load_dataset`` (needs the hub or a local cache)."""
-    return _hub_records(src.train, "train"), _hub_records(src.heldout, "heldout"), {"hub": True}
+    """Each side from a local folder (read afresh: :func:`local_rows`) or a hub dataset (``datasets.load_dataset``,
+    which needs the hub or a local cache). Refuses a held-out side that reads the training side's data, or repeats any
+    of its rows (the same question and answer)."""
+    if split_identity(src.train) == split_identity(src.heldout):
+        path = repr(src.heldout.path) + ("" if src.heldout.path == src.train.path else f", which is {src.train.path!r}")
+        name = f", configuration {src.heldout.name!r}" if src.heldout.name else ""
+        raise UserError(f"the held-out side reads the training side's data ({path}, split "
+                        f"{src.heldout.split!r}{name}); point source.heldout at another split or folder.")  # fmt: skip
+    provenance = {"hub": True, **({"local": local} if (local := local_data_digest(src)) else {})}
+    train, _ = _located_records(src.train, "train")
+    heldout, where = _located_records(src.heldout, "heldout")
+    seen = {_content_key(r) for r in train}
+    repeated = [i for i, r in enumerate(heldout) if _content_key(r) in seen]
+    if repeated:
+        raise UserError(f"{len(repeated)} of the {len(heldout)} held-out rows repeat a training row (the same question "
+                        f"and answer; the first is {where[repeated[0]]}); remove them from one side, or hold out data "
+                        f"the training split does not hold.")  # fmt: skip
+    return train, heldout, provenance
+
+
+def split_identity(split: HubSplit) -> tuple:
+    """What a split reads, whatever the spelling of its path: a local folder's resolved path (trailing '/', './',
+    symlinks), or the hub id; with its configuration and split."""
+    path = Path(split.path)
+    return (str(path.resolve()) if path.is_dir() else split.path, split.name, split.split)
+
+
+def _content_key(rec: dict) -> tuple[str, str]:
+    return rec["question"].strip(), rec["answer"].strip()
+
+
+# A local source's content, by file: (path, device, inode, size, mtime, ctime) → SHA-256. An entry is kept only for a
+# file last changed more than RACY_S seconds before it was hashed, so an edit in the same clock tick is never missed.
+_FILE_HASHES: dict[tuple, str] = {}
+RACY_S = 2.0
+
+
+def _file_sha256(path: Path) -> str:
+    import time
+
+    st = path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _FILE_HASHES:
+        return _FILE_HASHES[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > RACY_S:
+        _FILE_HASHES[key] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """The SHA-256 of a local dataset folder's content: every file under it (hidden ones aside), by relative path."""
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))  # fmt: skip
+    digest = hashlib.sha256()
+    for path in files:
+        try:
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{_file_sha256(path)}\n".encode())
+        except OSError as e:
+            raise UserError(f"{path} cannot be read ({e.strerror}); make it readable or move it out of "
+                            f"{folder}.") from None  # fmt: skip
+    return digest.hexdigest()
+
+
+def local_data_digest(source) -> dict[str, str] | None:
+    """A ``kind: hub`` source's local folders identified by content ({side: SHA-256 of its folder}), so that a job's
+    settings change when the files do; None for built-in data and hub datasets."""
+    if getattr(source, "kind", None) != "hub":
+        return None
+    sides = {side: Path(getattr(source, side).path) for side in ("train", "heldout")}
+    return {side: folder_digest(path) for side, path in sides.items() if path.is_dir()} or None
 
 
 def _hub_records(split: HubSplit, side: str) -> list[dict]:
+    return _located_records(split, side)[0]
+
+
+def _located_records(split: HubSplit, side: str) -> tuple[list[dict], list[str]]:
+    """A split's records, every row checked, and where each row came from (file and line, or dataset row)."""
+    if Path(split.path).is_dir():
+        rows, columns = local_rows(split, side)
+    else:
+        rows, columns = _remote_rows(split, side)
+    fields = (split.question_field, split.answer_field, split.tests_field, split.entry_point_field,
+              split.direction_field, *split.meta_fields)  # fmt: skip
+    missing = [f for f in fields if f and f not in columns]
+    if missing:
+        raise UserError(
+            f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(columns)}); "
+            f"set the {side} split's *_field settings in the profile."
+        )
+    if split.max_examples is not None:
+        rows = rows[: split.max_examples]
+    q, a, t, e = split.question_field, split.answer_field, split.tests_field, split.entry_point_field
+    records, wheres = [], []
+    name = f"{split.name}:" if split.name else ""
+    for i, (where, row) in enumerate(rows):
+        rid = f"{split.path}:{name}{split.split}:{i}"
+        question = _text(row, q, "question", where, side) if q else ""
+        answer = _text(row, a, "answer", where, side)
+        entry_point = row.get(e) if e else None
+        if entry_point is not None and not isinstance(entry_point, str):
+            raise UserError(f"{where}: its entry point ({e!r}) is {_kind(entry_point)}, not a function name; make it "
+                            f"text or null.")  # fmt: skip
+        meta = {f: row.get(f) for f in split.meta_fields}
+        if split.direction_field:
+            meta.update(alma_pair(question, answer, row.get(split.direction_field), where))
+        tests = parse_tests(row.get(t), split.tests_form, where) if t else None
+        records.append(record(rid, question, answer, tests=tests, entry_point=entry_point, **meta))
+        wheres.append(where)
+    return records, wheres
+
+
+def _text(row: dict, column: str, role: str, where: str, side: str) -> str:
+    """A row's question or answer: present and text, or one sentence naming the row and the column."""
+    if column not in row:
+        raise UserError(f"{where} has no {column!r} (the {role} column); give every row one, or set the {side} "
+                        f"split's {role}_field.")  # fmt: skip
+    value = row[column]
+    if not isinstance(value, str):
+        raise UserError(f"{where}: its {role} ({column!r}) is {_kind(value)}, not text; make it a string, or remove "
+                        f"the row.")  # fmt: skip
+    return value
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "text", list: "a list", tuple: "a list", dict: "a record"}.get(type(value), type(value).__name__)
+
+
+def _remote_rows(split: HubSplit, side: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """A hub dataset's rows, read with ``datasets.load_dataset`` (from the hub, or its cache when offline)."""
     from datasets import load_dataset
 
     from ebft.hub import require_hub
 
-    local = Path(split.path).is_dir()
-    if not local and os.environ.get("HF_HUB_OFFLINE") != "1":  # offline, load_dataset reads its cache or fails at once
+    if os.environ.get("HF_HUB_OFFLINE") != "1":  # offline, load_dataset reads its cache or fails at once
         require_hub(f"dataset {split.path!r}")
     try:
         ds = load_dataset(split.path, split.name, split=split.split)
     except Exception as e:
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side ({why}); "
-            + ("fix the path or split in the profile." if local else "run where the hub is reachable or it is cached.")
-        ) from None
-    fields = (split.question_field, split.answer_field, split.tests_field, split.entry_point_field,
-              split.direction_field, *split.meta_fields)  # fmt: skip
-    missing = [f for f in fields if f and f not in ds.column_names]
-    if missing:
-        raise UserError(
-            f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(ds.column_names)}); "
-            f"set the {side} split's *_field settings in the profile."
-        )
+        raise UserError(f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side "
+                        f"({_why(e)}); run where the hub is reachable or it is cached.") from None  # fmt: skip
     if split.max_examples is not None:
         ds = ds.select(range(min(split.max_examples, len(ds))))
-    q, a, t, e = split.question_field, split.answer_field, split.tests_field, split.entry_point_field
-    records = []
-    for i, row in enumerate(ds):
-        rid = f"{split.path}:{split.split}:{i}"
-        question = row[q] if q else ""
-        meta = {f: row[f] for f in split.meta_fields}
-        if split.direction_field:
-            meta.update(alma_pair(question, row[a], row[split.direction_field], f"{split.path} row {i}"))
-        tests = parse_tests(row[t], split.tests_form, f"{split.path} row {i}") if t else None
-        records.append(record(rid, question, row[a], tests=tests, entry_point=row[e] if e else None, **meta))
-    return records
+    where = f"dataset {split.path!r} split {split.split!r} row"
+    return [(f"{where} {i}", row) for i, row in enumerate(ds, start=1)], list(ds.column_names)
+
+
+def _why(error: Exception) -> str:
+    """The first line of an error's message, or of its cause's where the message is a wrapper's."""
+    cause = error.__cause__ or error.__context__
+    text = str(error).strip()
+    if cause is not None and (not text or text.startswith("An error occurred while generating")):
+        text = str(cause).strip() or text
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+LOCAL_FORMATS = (".jsonl", ".json", ".csv", ".parquet")  # read directly; any other through datasets, uncached
+
+
+def local_rows(split: HubSplit, side: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """A local folder's split, read afresh from its files (which files make the split is ``datasets``' rule: files
+    named by split, or the folder's README configurations): JSON Lines, JSON, CSV (every cell as text) and Parquet
+    directly, each row with its file and line or row; other formats through ``datasets`` with a fresh cache. Refuses in
+    one sentence a file that is not UTF-8, not of its format or empty, and a column whose type differs between files."""
+    from datasets import load_dataset_builder
+
+    redo = "fix the path or split in the profile"
+    try:
+        data_files = load_dataset_builder(split.path, split.name).config.data_files or {}
+    except Exception as e:
+        raise UserError(f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side "
+                        f"({_why(e)}); {redo}.") from None  # fmt: skip
+    files = [Path(f) for f in data_files.get(split.split) or []]
+    if not files:
+        have = ", ".join(repr(str(s)) for s in data_files) or "none"
+        raise UserError(f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side (its "
+                        f"folder has no file of that split; its splits: {have}); {redo}.")  # fmt: skip
+    if any(f.suffix.lower() not in LOCAL_FORMATS for f in files):
+        return _uncached_rows(split, side)
+    per_file = [(f, _read_local_file(f)) for f in files]
+    _check_column_types(split, per_file)
+    rows = [row for _, file_rows in per_file for row in file_rows]
+    return rows, list(dict.fromkeys(k for _, row in rows for k in row))
+
+
+def _utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path} line {line} is not UTF-8 text (byte {e.start}); save the file as UTF-8.") from None
+
+
+def _read_local_file(path: Path) -> list[tuple[str, dict]]:
+    """One data file's rows, each with where it is ('<file> line N' or '<file> row N')."""
+    suffix = path.suffix.lower()
+    rows = []
+    if suffix in (".jsonl", ".json"):
+        text = _utf8(path)
+        whole = None
+        if suffix == ".json":
+            try:
+                whole = json.loads(text)
+            except json.JSONDecodeError:
+                whole = None  # JSON Lines in a .json file
+        if isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
+            whole = [dict(zip(whole, values, strict=False)) for values in zip(*whole.values(), strict=False)]
+        if isinstance(whole, list):
+            rows = [(f"{path} record {i}", row) for i, row in enumerate(whole, start=1)]
+        else:
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((f"{path} line {number}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path} line {number} is not a JSON record ({e.msg} at column {e.colno}); fix "
+                                    f"that line.") from None  # fmt: skip
+        for where, row in rows:
+            if not isinstance(row, dict):
+                raise UserError(f"{where} is {_kind(row)}, not a record of columns; make it a JSON object such as "
+                                f'{{"question": "…", "answer": "…"}}.')  # fmt: skip
+    elif suffix == ".csv":
+        import pandas as pd
+
+        _utf8(path)
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        except pd.errors.EmptyDataError:
+            table = pd.DataFrame()
+        except (pd.errors.ParserError, ValueError) as e:
+            raise UserError(f"{path} is not a CSV table ({_why(e)}); fix the file.") from None
+        rows = [(f"{path} row {i}", row) for i, row in enumerate(table.to_dict("records"), start=1)]
+    else:
+        import pyarrow
+        import pyarrow.parquet
+
+        try:
+            table = pyarrow.parquet.read_table(path)
+        except (pyarrow.ArrowException, OSError) as e:
+            raise UserError(f"{path} is not a Parquet file ({_why(e)}); rewrite it as Parquet.") from None
+        rows = [(f"{path} row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    if not rows:
+        raise UserError(f"{path} is empty; add rows to it or remove it.")
+    return rows
+
+
+def _check_column_types(split: HubSplit, per_file: list[tuple[Path, list]]) -> None:
+    """A column the study reads holds one type in every file of the split (nulls aside)."""
+    text_columns = {split.question_field, split.answer_field, split.direction_field}
+    columns = (split.question_field, split.answer_field, split.tests_field, split.entry_point_field,
+               split.direction_field, *split.meta_fields)  # fmt: skip
+    for column in filter(None, columns):
+        held = [(path, {_kind(row[column]) for _, row in rows if row.get(column) is not None})
+                for path, rows in per_file]  # fmt: skip
+        held = [(path, kinds) for path, kinds in held if kinds]
+        for (path, kinds), (other, others) in itertools.combinations(held, 2):
+            if not kinds & others:  # a mixture within one file is left to the row checks, which name the row
+                fix = "make it text in every file" if column in text_columns else "make it one type in every file"
+                raise UserError(f"column {column!r} is {min(kinds)} in {path} but {min(others)} in {other}; {fix}.")
+
+
+def _uncached_rows(split: HubSplit, side: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """A local folder in a format read through ``datasets`` (text, Arrow, …), with a cache of its own that is dropped
+    afterwards: ``datasets`` would serve an edited file that kept its modification time from its cache."""
+    import tempfile
+
+    from datasets import load_dataset
+
+    with tempfile.TemporaryDirectory(prefix="ebft-data-") as cache:
+        try:
+            ds = load_dataset(split.path, split.name, split=split.split, cache_dir=cache)
+        except Exception as e:
+            raise UserError(f"could not load dataset {split.path!r} (split {split.split!r}) for the {side} side "
+                            f"({_why(e)}); fix the files or the path or split in the profile.") from None  # fmt: skip
+        where = f"{split.path} split {split.split!r} row"
+        return [(f"{where} {i}", dict(row)) for i, row in enumerate(ds, start=1)], list(ds.column_names)
 
 
 def parse_tests(value, form: str, where: str) -> str | list[str] | None:
@@ -225,8 +478,19 @@ def parse_tests(value, form: str, where: str) -> str | list[str] | None:
         except (ValueError, SyntaxError):
             raise UserError(f"{where}: its tests are not a Python list literal of assert statements ({value[:60]!r}); "
                             f"set tests_form: check_function if they are a check function.") from None  # fmt: skip
-    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
-        raise UserError(f"{where}: its tests are not a list of assert statements; set tests_form to their form.")
+    if items is None:
+        raise UserError(f"{where}: its tests are null, not a list of assert statements; give the row its asserts ('[]' "
+                        f"for none).")  # fmt: skip
+    if not isinstance(items, (list, tuple)):
+        raise UserError(f"{where}: its tests are {_kind(items)}, not a list of assert statements; set tests_form to "
+                        f"their form.")  # fmt: skip
+    for number, item in enumerate(items, start=1):
+        if item is None:
+            raise UserError(f"{where}: item {number} of its tests list is null; remove it, so that every item is an "
+                            f"assert statement.")  # fmt: skip
+        if not isinstance(item, str):
+            raise UserError(f"{where}: its tests are not a list of assert statements (item {number} is "
+                            f"{_kind(item)}: {item!r:.60}); make every item an assert statement string.")  # fmt: skip
     return [x.strip() for x in items if x.strip()] or None
 
 

@@ -9,6 +9,8 @@ report): exactly the settings that change its result, nothing else, so that
   passed the job's JSON (``--job``), and the provenance hash (:attr:`Job.hash`) is the same either way;
 - the Snakemake rules pass that JSON as their ``params``, so a job reruns when, and only when, a setting that
   defines it changes;
+- the settings of a task's jobs include the content of its local data folders (``kind: hub`` with a folder), so an
+  edited file reruns its data preparation and what depends on it;
 - a training job's settings include its starting point (the base model's source, or the hash of the SFT job it
   starts from), and an evaluation's include the hash of the training job that produced its checkpoint.
 
@@ -42,6 +44,7 @@ from ebft.config import (
     config_hash,
     plain,
 )
+from ebft.data import local_data_digest, split_identity
 from ebft.errors import ConfigError, UserError
 from ebft.paths import Layout
 
@@ -129,6 +132,7 @@ class Job:
     model: ModelSource | None = None
     prompt_format: Literal["raw", "chat"] | None = None
     source: Source | None = None
+    local_data: dict[str, str] | None = None  # a kind: hub source's local folders by content: {side: SHA-256}
     chunk_length: int | None = None
     reward: Literal["unit_tests", "chrf", "none"] | None = None
     code_eval: Literal["none", "heldout", "human_eval"] | None = None
@@ -283,7 +287,8 @@ class Study:
         if command == "report":
             return Job(**common, methods=list(p.methods), no_verifier=self.no_verifier)
         spec = self.task(task)
-        base = {**common, "seed": p.seed, "task": task, "model_name": spec.model_name, "source": spec.source}
+        base = {**common, "seed": p.seed, "task": task, "model_name": spec.model_name, "source": spec.source,
+                "local_data": local_data_digest(spec.source)}  # fmt: skip
         if command == "prepare-data":
             return Job(**{**base, "model_name": None}, chunk_length=None)
         base.update(
@@ -458,6 +463,10 @@ def load_study(raw: dict) -> Study:
         except ValueError as e:
             raise ConfigError(f"tasks.{name}: the strided layout does not fit its chunks ({e}); change "
                               f"chunk_length or ebft.c/s/G.") from None  # fmt: skip
+        if tc.source.kind == "hub" and split_identity(tc.source.train) == split_identity(tc.source.heldout):
+            held = tc.source.heldout
+            raise ConfigError(f"tasks.{name}.source.heldout reads the training side's data ({held.path!r}, split "
+                              f"{held.split!r}); point it at another split or folder.")  # fmt: skip
         if tc.translation_eval != "none" and tc.source.kind not in ("django", "hub"):
             raise ConfigError(f"tasks.{name}.translation_eval is {tc.translation_eval!r} but its data are not "
                               f"translation pairs (source kind {tc.source.kind!r}); set it to 'none'.")  # fmt: skip

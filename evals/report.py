@@ -113,7 +113,29 @@ def read_metrics(path: Path) -> pd.DataFrame:
         raise UserError(f"{path} lacks the columns {', '.join(missing)}; regenerate it with the report rule.")
     if df.empty:
         raise UserError(f"{path} holds no metric rows, so there is nothing to draw; rerun the report rule.")
+    _check_numbers(df, path)
     return _ordered(df)
+
+
+def _check_numbers(df: pd.DataFrame, path: Path) -> None:
+    """Every value, n and interval bound of a metrics.csv a number (or empty), and every value inside its interval;
+    else one sentence naming the file's line (the header is line 1) and the column."""
+    for column in ("value", "n", "ci_low", "ci_high"):
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        bad = numbers.isna() & df[column].notna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise UserError(f"{path} line {i + 2}: {column} is {df[column].iloc[i]!r}, not a number; fix that cell or "
+                            f"regenerate the file with the report rule.")  # fmt: skip
+        df[column] = numbers
+    slack = 1e-9 * np.maximum(1.0, df["value"].abs())
+    outside = (df["value"] < df["ci_low"] - slack) | (df["value"] > df["ci_high"] + slack)
+    if outside.any():
+        i = int(outside.to_numpy().nonzero()[0][0])
+        r = df.iloc[i]
+        raise UserError(f"{path} line {i + 2}: the value {r.value:g} of {r.task}/{r.method} {r.metric} lies outside "
+                        f"its own interval [{r.ci_low:g}, {r.ci_high:g}]; fix that row or regenerate the file with the "
+                        f"report rule.")  # fmt: skip
 
 
 def check_destination(df: pd.DataFrame, target: Path) -> None:

@@ -46,6 +46,10 @@ def select_pairs(records: list[dict], max_pairs: int | None, max_records: int | 
         if not {"src_lang", "tgt_lang", "source", "reference"} <= meta.keys():
             raise UserError(f"held-out record {rec.get('id')!r} is not a translation pair (its meta lacks "
                             f"src_lang, tgt_lang, source or reference); rerun prepare-data for the task.")  # fmt: skip
+        odd = next((k for k in ("src_lang", "tgt_lang", "source", "reference") if not isinstance(meta[k], str)), None)
+        if odd is not None:
+            raise UserError(f"held-out record {rec.get('id')!r} has a {odd} that is not text ({meta[odd]!r:.40}); "
+                            f"fix that row of the task's data and rerun prepare-data.")  # fmt: skip
         d = direction(rec)
         if max_pairs is None or per.get(d, 0) < max_pairs:
             per[d] = per.get(d, 0) + 1

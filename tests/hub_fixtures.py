@@ -41,15 +41,26 @@ REVERSE_WORDS = {
     "unit_tests": "[\"assert reverse_words('a b c') == 'c b a'\", \"assert reverse_words('') == ''\"]",
     "source": "algorithmic",
 }
-OPENCODE = {"train": [SUM_EVEN, REVERSE_WORDS], "test": [SUM_EVEN, CLAMP, REVERSE_WORDS]}
+# the training side answers its problems in other words: prepare-data refuses a held-out row that repeats a training
+# row (the same question and answer)
+LOOPED = {"sum_even": "```python\ndef sum_even(nums):\n    total = 0\n    for x in nums:\n        if x % 2 == 0:\n"
+                      "            total += x\n    return total\n```",
+          "reverse_words": "```python\ndef reverse_words(s):\n    return ' '.join(s.split()[::-1])\n```"}  # fmt: skip
+OPENCODE = {
+    "train": [{**SUM_EVEN, "answer": LOOPED["sum_even"]}, {**REVERSE_WORDS, "answer": LOOPED["reverse_words"]}],
+    "test": [SUM_EVEN, CLAMP, REVERSE_WORDS],
+}
 
 SWALLOW = {
     split: [
         {"question": "", "answer": f"import math\n\n\ndef area_{i}(r):\n    return math.pi * r * r\n"}
-        for i in range(rows)
+        for i in range(first, first + rows)
     ]
-    + [{"question": "# utilities\n", "answer": f"def twice_{i}(x):\n    return 2 * x\n"} for i in range(rows)]
-    for split, rows in (("train", 4), ("test", 2))
+    + [
+        {"question": "# utilities\n", "answer": f"def twice_{i}(x):\n    return 2 * x\n"}
+        for i in range(first, first + rows)
+    ]
+    for split, first, rows in (("train", 0, 4), ("test", 4, 2))  # no file on both sides
 }
 
 ALMA_PROMPT = "Translate this from {src} to {tgt}:\n{src}: {text}\n{tgt}:"

@@ -81,7 +81,8 @@ def test_hub_dataset_offline_fails_at_once_naming_it(tmp_path):
     split = HubSplit(path="sjelassi/opencode-instruct_100k_200tok")
     started = time.time()
     with pytest.raises(UserError, match="could not load dataset 'sjelassi/opencode-instruct_100k_200tok'"):
-        write_task_data("qa_code", HubSource(train=split, heldout=split), 43, tmp_path)
+        source = HubSource(train=split, heldout=HubSplit(path=split.path, split="test"))  # not the training split
+        write_task_data("qa_code", source, 43, tmp_path)
     assert time.time() - started < 20
     assert not (tmp_path / "train.jsonl").exists()
 
@@ -95,7 +96,8 @@ def test_hub_dataset_with_unreachable_hub_is_one_sentence(tmp_path, monkeypatch)
     monkeypatch.setattr(ebft.hub, "hub_reachable", lambda host, timeout=3.0: False)
     split = HubSplit(path="sjelassi/alma")
     with pytest.raises(UserError, match="dataset 'sjelassi/alma' needs the Hugging Face hub, which is unreachable"):
-        write_task_data("translation", HubSource(train=split, heldout=split), 43, tmp_path)
+        source = HubSource(train=split, heldout=HubSplit(path=split.path, split="test"))
+        write_task_data("translation", source, 43, tmp_path)
 
 
 @pytest.fixture(scope="module")

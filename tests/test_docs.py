@@ -503,9 +503,9 @@ def test_the_documented_example_profiles_are_valid_and_read_their_data(tmp_path,
     """docs/custom.md's whole profile and config/README.md's sketch, with a tiny model and data in their places."""
     data = tmp_path / "my_task"
     data.mkdir()
-    for split, count in (("train", 40), ("test", 8)):
+    for split, numbers in (("train", range(40)), ("test", range(40, 48))):  # a held-out row repeating one is refused
         rows = [f'{{"question": "What is {i} plus {i + 1}? ", "answer": "{i} plus {i + 1} is {2 * i + 1}."}}'
-                for i in range(count)]  # fmt: skip
+                for i in numbers]  # fmt: skip
         (data / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
     custom = tmp_path / "custom.yaml"
     custom.write_text(_example("docs/custom.md", "profile: mine", **{"/models/my-model": str(tiny_model_dir),
