@@ -73,7 +73,7 @@ def prompt_rows(records: list[dict], tokenizer, prompt_format: str, reward: str)
 def unit_test_reward(prompt_format: str, cfg: RLVRConfig):
     """Reward function for TRL: per completion, the fraction of its problem's unit tests that pass in the sandbox."""
     from evals.code import extract_program, unit_test_programs
-    from evals.sandbox import run_many
+    from evals.sandbox import require_executed, run_many
 
     def unit_tests_passed(prompts, completions, question, tests, entry_point, **_):
         programs, owner = [], []
@@ -85,6 +85,7 @@ def unit_test_reward(prompt_format: str, cfg: RLVRConfig):
         results = run_many(
             programs, timeout=cfg.reward_timeout, memory_mb=cfg.reward_memory_mb, workers=cfg.reward_workers
         )
+        require_executed(results, "the RLVR reward")  # never a reward of 0 for programs that could not run
         passed, total = [0.0] * len(completions), [0] * len(completions)
         for i, res in zip(owner, results, strict=True):
             passed[i] += res.passed

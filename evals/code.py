@@ -9,8 +9,10 @@ The program is extracted robustly: for chat answers the first fenced block that 
 first block, else the whole answer); a block that defines the function is preceded by the prompt's own imports and
 helpers, anything else is treated as a body continuing the prompt. It runs with the problem's tests and
 ``check(entry_point)`` in :mod:`evals.sandbox`. One JSONL record per (problem, sample) keeps the completion, the
-extracted program, the status and its detail; pass@k uses the unbiased estimator with 95 % bootstrap intervals over
-problems.
+extracted program, the status and its detail; the evaluation's record counts the samples per status. A program
+passes only if the judge, a trusted process the program cannot reach, finds every test passing on the plain data
+the program returned (docs/sandbox.md); if the sandbox cannot execute programs at all the evaluation stops with one
+sentence instead of scoring them 0. pass@k uses the unbiased estimator with 95 % bootstrap intervals over problems.
 """
 
 from __future__ import annotations
@@ -178,23 +180,32 @@ def extract_program(problem: dict, completion: str, prompt_format: str) -> str:
     return problem["question"] + code  # a body continuing the prompt
 
 
-def with_tests(problem: dict, program: str) -> str:
-    """The program followed by the problem's tests (and, for a check function, the call that runs them): it passes
-    only if every test does."""
+def judged(problem: dict, tests: str | list[str] | None = None):
+    """The problem's trusted tests for the judge (:class:`evals.sandbox.Tests`): an assert list's asserts, or the
+    check function's text with ``check(<entry point>)``, after the problem's prompt (for its helpers). The program
+    passes only if every test does; the judge, not the program, decides (docs/sandbox.md)."""
+    from evals.sandbox import Tests
+
+    tests = problem["tests"] if tests is None else tests
     if tests_form(problem) == "assert_list":
-        return f"{program}\n\n" + "\n".join(problem["tests"]) + "\n"
-    return f"{program}\n\n{problem['tests']}\n\ncheck({problem['entry_point']})\n"
+        return Tests("\n".join(tests) + "\n")
+    return Tests(tests, entry=problem["entry_point"], setup=problem["question"])
 
 
-def unit_test_programs(problem: dict, program: str) -> list[str]:
-    """One test program per unit test: RLVR's reward is the fraction of them that pass.
+def with_tests(problem: dict, program: str) -> tuple[str, object]:
+    """The program and the tests that judge it, as :func:`evals.sandbox.run_many` takes them."""
+    return program, judged(problem)
+
+
+def unit_test_programs(problem: dict, program: str) -> list[tuple[str, object]]:
+    """One (program, tests) pair per unit test: RLVR's reward is the fraction of them that pass.
 
     A unit test is an assert of an assert list, or a statement of ``check``'s body that contains an ``assert``, where
-    every other statement (set-up) is kept in each program, in order. Tests without a ``check`` function, or with one
-    test, give one program.
+    every other statement (set-up) is kept in each, in order. Tests without a ``check`` function, or with one test,
+    give one pair.
     """
     if tests_form(problem) == "assert_list":
-        return [f"{program}\n\n{test}\n" for test in problem["tests"]]
+        return [(program, judged(problem, [test])) for test in problem["tests"]]
     try:
         module = ast.parse(problem["tests"])
     except SyntaxError:
@@ -206,13 +217,13 @@ def unit_test_programs(problem: dict, program: str) -> list[str]:
     tests = [i for i, st in enumerate(body) if any(isinstance(n, ast.Assert) for n in ast.walk(st))]
     if len(tests) <= 1:
         return [with_tests(problem, program)]
-    programs = []
+    pairs = []
     for keep in tests:
         variant = copy.deepcopy(module)
         check = next(n for n in variant.body if isinstance(n, ast.FunctionDef) and n.name == "check")
         check.body = [st for i, st in enumerate(check.body) if i not in tests or i == keep]
-        programs.append(with_tests({**problem, "tests": ast.unparse(variant)}, program))
-    return programs
+        pairs.append((program, judged(problem, ast.unparse(variant))))
+    return pairs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,7 +304,7 @@ def score(
     problems: list[dict], completions: list[list[str]], prompt_format: str, cfg: CodeEvalConfig, *, seed: int
 ) -> tuple[list[dict], list[dict]]:
     """Run every completion's program against its problem's tests; return (sample records, metric rows)."""
-    from evals.sandbox import run_many
+    from evals.sandbox import require_executed, run_many
 
     samples, programs = [], []
     for problem, outs in zip(problems, completions, strict=True):
@@ -302,9 +313,20 @@ def score(
             samples.append({"problem": problem["id"], "sample": i, "completion": completion, "program": program})
             programs.append(with_tests(problem, program))
     results = run_many(programs, timeout=cfg.timeout, memory_mb=cfg.memory_mb, workers=cfg.workers, progress="execute")
+    require_executed(results, "the code evaluation")
     for rec, res in zip(samples, results, strict=True):
         rec.update(status=res.status, detail=res.detail)
     return samples, pass_rows(samples, cfg.ks, bootstrap=cfg.bootstrap, seed=seed)
+
+
+def outcomes(samples: list[dict]) -> dict[str, int]:
+    """How many samples ended in each sandbox status (passed, failed, timeout, memory, error), zeros included."""
+    from evals.sandbox import STATUSES
+
+    counts = dict.fromkeys(STATUSES, 0)
+    for rec in samples:
+        counts[rec["status"]] += 1
+    return counts
 
 
 def pass_rows(samples: list[dict], ks: Sequence[int], *, bootstrap: int, seed: int) -> list[dict]:
@@ -367,6 +389,7 @@ def evaluate_code(
     )
     generated = time.time()
     samples, rows = score(problems, completions, prompt_format, cfg, seed=seed)
-    timings = {"generation_s": round(generated - started, 2), "execution_s": round(time.time() - generated, 2)}
+    timings = {"generation_s": round(generated - started, 2), "execution_s": round(time.time() - generated, 2),
+               "outcomes": outcomes(samples)}  # fmt: skip
     atomic_write(samples_out, "".join(json.dumps(rec) + "\n" for rec in samples))
     return rows, timings

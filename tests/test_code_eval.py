@@ -26,10 +26,16 @@ PROBLEM = {
 }
 
 
-def run(program: str) -> bool:
-    """Execute a trusted test program in-process (these tests check extraction, not the sandbox)."""
+def run(pair) -> bool:
+    """Execute a trusted (program, tests) pair in-process, as the judge would but in one namespace (these tests check
+    extraction and splitting, not the sandbox)."""
+    program, tests = pair
+    namespace = {"__name__": "__main__"}
     try:
-        exec(compile(program, "<test>", "exec"), {"__name__": "__main__"})
+        exec(compile(program, "<test>", "exec"), namespace)
+        exec(compile(tests.code, "<tests>", "exec"), namespace)
+        if tests.entry:
+            namespace["check"](namespace[tests.entry])
     except AssertionError:
         return False
     return True

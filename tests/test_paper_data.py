@@ -16,6 +16,7 @@ from ebft.data import alma_pair, parse_tests, read_records, write_task_data
 from ebft.errors import UserError
 from ebft.resolve import load_study
 from evals.code import extract_program, load_problems, response_code, score, unit_test_programs
+from evals.sandbox import Tests
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,9 @@ def test_the_code_evaluation_and_the_translation_evaluation_run_end_to_end(paper
         assert main(argv) == 0  # fmt: skip
         record = json.loads(out.read_text())
         assert record["metrics"], task
+        if kind == "code":  # the record counts the samples per sandbox outcome
+            assert set(record["outcomes"]) == {"passed", "failed", "timeout", "memory", "error"}
+            assert sum(record["outcomes"].values()) == {"qa_code": 3, "unstructured_code": 2}[task]
         lines = (tmp_path / f"{task}.jsonl").read_text().splitlines()
         assert len(lines) == {"qa_code": 3, "unstructured_code": 2, "translation": 5}[task]
     directions = {json.loads(x)["direction"] for x in lines}
@@ -153,8 +157,8 @@ def test_response_code_takes_the_first_block_and_cuts_the_responses_own_tests():
     program = extract_program(problem, "def f():\n    return 1\n", "raw")
     assert "Write f." not in program
     assert unit_test_programs(problem, program) == [
-        program + "\n\nassert f() == 1\n",
-        program + "\n\nassert f() != 2\n",
+        (program, Tests("assert f() == 1\n")),
+        (program, Tests("assert f() != 2\n")),
     ]
 
 
