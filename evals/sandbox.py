@@ -733,7 +733,7 @@ class _Launcher:
         try:
             self.oom_first()  # inherited by init and the program
             fds = self.enter_namespaces() if cfg["namespaces"] else None
-            self.call("prctl", self.PR_SET_DUMPABLE, 0, 0, 0, 0)  # keeps the token in memory out of reach
+            self.call("prctl", self.PR_SET_DUMPABLE, 0, 0, 0, 0)  # its memory and descriptors: out of reach
             deadline = time.monotonic() + cfg["timeout"]
             if fds is not None:
                 layers.update(mode="namespace", hidden=[hidden for hidden, _ in cfg["hide"]])

@@ -286,3 +286,12 @@ def test_malformed_and_oversized_replies_fail(monkeypatch):
     big = "def f(x):\n    return 'x' * 100000\n"
     result = run_program(big, tests=CHECK)
     assert result.status == "failed" and "exceeds" in result.detail, result
+
+
+def test_objects_of_the_programs_own_classes_are_compared_by_their_attributes():
+    """As docs/custom.md tells a user: compare an object's attributes, not the object."""
+    program = "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\ndef make_point():\n"
+    program += "    return Point(1, 2)\n"
+    assert run_program(program, tests=Tests("p = make_point()\nassert (p.x, p.y) == (1, 2)\n")).passed
+    result = run_program(program, tests=Tests("assert make_point() == Point(1, 2)\n"))
+    assert result.status == "failed" and "not plain data" in result.detail, result
