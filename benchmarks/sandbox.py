@@ -45,14 +45,14 @@ def programs(samples: str | None = None, problems: str | None = None) -> tuple[l
     else:
         by_id = {r["id"]: r for r in read_records(Path(problems))}
         items = [(by_id[s["problem"]], s["program"]) for s in map(json.loads, Path(samples).read_text().splitlines())]
-    return [with_tests(r, program) for r, program in items], [appended(r, program) for r, program in items]
+    pairs = [with_tests(r, program) for r, program in items]
+    return pairs, [appended(*pair) for pair in pairs]
 
 
-def appended(problem: dict, program: str) -> str:
-    """The program with its tests appended: one self-testing source, as scored before the judge."""
-    if isinstance(problem["tests"], list):
-        return f"{program}\n\n" + "\n".join(problem["tests"]) + "\n"
-    return f"{program}\n\n{problem['tests']}\n\ncheck({problem['entry_point']})\n"
+def appended(program: str, tests) -> str:
+    """A judged pair as one self-testing source, the tests appended to the program, as scored before the judge."""
+    call = f"\n\ncheck({tests.entry})\n" if tests.entry is not None else ""
+    return f"{program}\n\n{tests.code}{call}"
 
 
 def unit_rewards(samples: str, problems: str, workers: int, timeout: float) -> dict:
@@ -64,12 +64,9 @@ def unit_rewards(samples: str, problems: str, workers: int, timeout: float) -> d
     judged, combined, owner = [], [], []
     for i, s in enumerate(map(json.loads, Path(samples).read_text().splitlines())):
         problem = by_id[s["problem"]]
-        for program, tests in unit_test_programs(problem, s["program"]):
-            judged.append((program, tests))
-            if tests.entry is None:
-                combined.append(f"{program}\n\n{tests.code}")
-            else:
-                combined.append(f"{program}\n\n{tests.code}\n\ncheck({tests.entry})\n")
+        for pair in unit_test_programs(problem, s["program"]):
+            judged.append(pair)
+            combined.append(appended(*pair))
             owner.append(i)
     rewards = {}
     for name, items in (("judged", judged), ("sandbox", combined)):

@@ -160,6 +160,60 @@ def require_executed(results: list[ExecutionResult], what: str) -> None:
         )
 
 
+# The channel between the program and the judge, one piece of code for both sides: their sources carry these functions
+# (see _source). A message is 4 bytes of length, then the message; values travel in a tagged form of plain data.
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``, or None if it ends first."""
+    chunks = b""
+    while len(chunks) < n:
+        chunk = os.read(fd, min(n - len(chunks), 1 << 20))
+        if not chunk:
+            return None
+        chunks += chunk
+    return chunks
+
+
+def _write_frame(fd: int, data: bytes) -> None:
+    """One message: its length, then its bytes."""
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _from_data(v, depth: int = 0):
+    """Plain data from its tagged form; anything else is refused (ValueError)."""
+    t = type(v)
+    if v is None or t in (bool, int, float, str):
+        return v
+    if depth > 200 or t is not dict or len(v) != 1:
+        raise ValueError("a malformed value")
+    ((tag, body),) = v.items()
+    if tag == "I" and type(body) is str:
+        return int(body, 16)
+    if tag in ("l", "t", "s", "f") and type(body) is list:
+        items = [_from_data(e, depth + 1) for e in body]
+        return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
+    if tag == "d" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
+        return {_from_data(k, depth + 1): _from_data(e, depth + 1) for k, e in body}
+    if tag in ("b", "y") and type(body) is str:
+        return (bytes if tag == "b" else bytearray).fromhex(body)
+    if tag == "c" and type(body) is list and len(body) == 2 and all(type(p) in (int, float) for p in body):
+        return complex(body[0], body[1])
+    raise ValueError("a malformed value")
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as its traceback's last line, e.g. "AssertionError: boom"."""
+    try:
+        import traceback
+
+        return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    except BaseException:
+        return type(exc).__name__
+
+
 def _wrapper() -> None:
     """The candidate's side (its source runs in the sandboxed interpreter with ``-c``).
 
@@ -207,24 +261,11 @@ def _wrapper() -> None:
         return "{" + ",".join(f"{quote(k)}:{dumps(v)}" for k, v in x.items()) + "}"
 
     def send(message: dict) -> None:
-        data = dumps(message).encode("ascii")
-        data = len(data).to_bytes(4, "big") + data
-        view = memoryview(data)
-        while view:
-            view = view[os.write(wfd, view) :]
+        _write_frame(wfd, dumps(message).encode("ascii"))
 
     def receive() -> dict | None:
-        def exactly(n: int) -> bytes | None:
-            chunks = b""
-            while len(chunks) < n:
-                chunk = os.read(rfd, n - len(chunks))
-                if not chunk:
-                    return None
-                chunks += chunk
-            return chunks
-
-        head = exactly(4)
-        body = exactly(int.from_bytes(head, "big")) if head else None
+        head = _read_exactly(rfd, 4)
+        body = _read_exactly(rfd, int.from_bytes(head, "big")) if head else None
         return None if body is None else marshal.loads(body)  # from the judge, trusted
 
     class NotData(Exception):
@@ -262,21 +303,6 @@ def _wrapper() -> None:
             return to_data(x.item(), depth + 1)
         raise NotData
 
-    def from_data(v):
-        if type(v) is dict:
-            ((tag, body),) = v.items()
-            if tag == "I":
-                return int(body, 16)
-            if tag in "ltsf":
-                items = [from_data(e) for e in body]
-                return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
-            if tag == "d":
-                return {from_data(k): from_data(e) for k, e in body}
-            if tag in "by":
-                return (bytes if tag == "b" else bytearray).fromhex(body)
-            return complex(*body)
-        return v
-
     def answer(value) -> dict:
         try:
             return {"v": to_data(value)}
@@ -294,14 +320,6 @@ def _wrapper() -> None:
         except Exception:
             text = ""
         return {"e": type(exc).__name__[:80], "args": args, "m": text}
-
-    def describe(exc: BaseException) -> str:
-        try:
-            import traceback
-
-            return traceback.format_exception_only(type(exc), exc)[-1].strip()
-        except Exception:
-            return type(exc).__name__
 
     def unraisable(args, default=sys.unraisablehook) -> None:
         default(args)
@@ -337,7 +355,7 @@ def _wrapper() -> None:
             send({"loaded": False, "status": "failed", "detail": f"called sys.exit({exc.code!r})"})
         else:
             send({"loaded": False, "status": "memory" if isinstance(exc, MemoryError) else "failed",
-                  "detail": describe(exc)})  # fmt: skip
+                  "detail": _describe(exc)})  # fmt: skip
             try:
                 import traceback
 
@@ -365,11 +383,11 @@ def _wrapper() -> None:
         try:
             target, op = handles[request["h"]], request["op"]
             if op == "call":
-                result = target(*from_data(request["args"]), **from_data(request["kwargs"]))
+                result = target(*_from_data(request["args"]), **_from_data(request["kwargs"]))
             elif op == "getattr":
                 result = getattr(target, request["name"])
             elif op == "getitem":
-                result = target[from_data(request["key"])]
+                result = target[_from_data(request["key"])]
             else:
                 result = {"iter": iter, "next": next, "len": len}[op](target)
             reply = answer(result)
@@ -397,8 +415,9 @@ def _judge() -> None:
     import sys
     import types
 
-    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the harness dies
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/fd from the candidate's uid
+    libc = ctypes.CDLL(None)
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL when the harness dies
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/fd from the candidate's uid
     task = marshal.loads(sys.stdin.buffer.read())
     sys.path.extend(task["site"])  # site-packages, without site's start-up cost
     rfd, wfd, vfd = task["fds"]
@@ -413,13 +432,9 @@ def _judge() -> None:
         pass
 
     def exactly(n: int) -> bytes:
-        chunks = b""
-        while len(chunks) < n:
-            chunk = os.read(rfd, min(n - len(chunks), 1 << 20))
-            if not chunk:
-                raise ChannelClosed
-            chunks += chunk
-        return chunks
+        if (data := _read_exactly(rfd, n)) is None:
+            raise ChannelClosed
+        return data
 
     class Strict:  # the settings of the json package's C scanner, used without the package (which imports re)
         strict, object_hook, object_pairs_hook, parse_float, parse_int, memo = True, None, None, float, int, {}
@@ -444,11 +459,8 @@ def _judge() -> None:
         return message
 
     def send(message: dict) -> None:
-        data = marshal.dumps(message)
-        view = memoryview(len(data).to_bytes(4, "big") + data)
         try:
-            while view:
-                view = view[os.write(wfd, view) :]
+            _write_frame(wfd, marshal.dumps(message))
         except BrokenPipeError:
             raise ChannelClosed from None
 
@@ -474,27 +486,6 @@ def _judge() -> None:
             raise TypeError("a value of the program's cannot be passed back to it")
         raise TypeError(f"the tests passed a {t.__name__}, which is not plain data, to the program")
 
-    def from_data(v, depth: int = 0):
-        """Plain data from its tagged form; anything else is refused (ValueError)."""
-        t = type(v)
-        if v is None or t in (bool, int, float, str):
-            return v
-        if depth > 200 or t is not dict or len(v) != 1:
-            raise ValueError("a malformed value")
-        ((tag, body),) = v.items()
-        if tag == "I" and type(body) is str:
-            return int(body, 16)
-        if tag in ("l", "t", "s", "f") and type(body) is list:
-            items = [from_data(e, depth + 1) for e in body]
-            return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](items)
-        if tag == "d" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
-            return {from_data(k, depth + 1): from_data(e, depth + 1) for k, e in body}
-        if tag in ("b", "y") and type(body) is str:
-            return (bytes if tag == "b" else bytearray).fromhex(body)
-        if tag == "c" and type(body) is list and len(body) == 2 and all(type(p) in (int, float) for p in body):
-            return complex(body[0], body[1])
-        raise ValueError("a malformed value")
-
     remote_types: dict[str, type] = {}
 
     def remote_exception(reply: dict) -> BaseException:
@@ -506,7 +497,7 @@ def _judge() -> None:
         if not (isinstance(cls, type) and issubclass(cls, Exception)):
             cls = remote_types.setdefault(name, type(name, (Exception,), {"__module__": "builtins"}))
         try:
-            args = from_data(reply.get("args"))
+            args = _from_data(reply.get("args"))
         except (ValueError, TypeError, RecursionError):
             args = None
         if type(args) is tuple:
@@ -518,7 +509,7 @@ def _judge() -> None:
 
     def value_of(reply: dict, what: str):
         if "v" in reply:
-            return from_data(reply["v"])
+            return _from_data(reply["v"])
         if "h" in reply and type(reply["h"]) is int:
             kind = reply.get("type")
             return Remote(reply["h"], f"{what} (a {kind if type(kind) is str else 'value'} object)")
@@ -576,12 +567,9 @@ def _judge() -> None:
         __index__ = __int__ = __float__ = __complex__ = __add__ = __radd__ = __sub__ = __rsub__ = refuse
         __mul__ = __rmul__ = __truediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __abs__ = __round__ = refuse
 
-    def used_names(source: str) -> set[str]:
+    def used_names(code: types.CodeType | None) -> set[str]:
         names: set[str] = set()
-        try:
-            stack = [compile(source, "<tests>", "exec")]
-        except (SyntaxError, ValueError):
-            return names
+        stack = [code] if code is not None else []
         while stack:
             code = stack.pop()
             names.update(code.co_names)
@@ -600,11 +588,16 @@ def _judge() -> None:
         verdict(status if status in ("failed", "memory") else "failed", detail if type(detail) is str else "")
     if task["code"] is None:  # a plain program: it ran to its end
         verdict("passed", "the program ran to its end")
-    tests, entry, setup = task["code"], task["entry"], task["setup"]
+    entry = task["entry"]
     exported = loaded.get("globals") if type(loaded.get("globals")) is dict else {}
-    wanted = used_names(tests) | used_names(setup)
+    try:  # a setup (the prompt) that does not compile is skipped; tests that do not compile fail, as below
+        setup = compile(task["setup"], "<prompt>", "exec") if task["setup"] else None
+    except (SyntaxError, ValueError):
+        setup = None
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     try:
+        tests = compile(task["code"], "<tests>", "exec")
+        wanted = used_names(tests) | used_names(setup)
         for name in sorted(wanted):
             item = exported.get(name)
             if type(item) is not dict or hasattr(builtins, name):
@@ -617,32 +610,19 @@ def _judge() -> None:
                         namespace[name] = importlib.import_module(module)
             else:
                 namespace[name] = value_of(item, f"the program's {name!r}")
-        if setup:
-            try:
-                compiled = compile(setup, "<prompt>", "exec")
-            except (SyntaxError, ValueError):
-                compiled = None
-            if compiled is not None:
-                exec(compiled, namespace)
+        if setup is not None:
+            exec(setup, namespace)
         if entry is not None:
-            item = exported.get(entry)
-            namespace[entry] = (value_of(item, f"the program's {entry!r}") if type(item) is dict
-                                else Remote(-1, f"the program's {entry!r}"))  # fmt: skip
-            if type(item) is not dict:
+            if type(item := exported.get(entry)) is not dict:
                 raise NameError(f"name {entry!r} is not defined")
-        exec(compile(tests, "<tests>", "exec"), namespace)
+            namespace[entry] = value_of(item, f"the program's {entry!r}")
+        exec(tests, namespace)
         if entry is not None:
             namespace["check"](namespace[entry])
     except ChannelClosed:
         verdict("failed", "the program ended before its tests finished")
     except BaseException as exc:
-        try:
-            import traceback
-
-            detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        except BaseException:
-            detail = type(exc).__name__
-        verdict("memory" if state["memory"] or isinstance(exc, MemoryError) else "failed", detail)
+        verdict("memory" if state["memory"] or isinstance(exc, MemoryError) else "failed", _describe(exc))
     verdict("passed", "every test passed")
 
 
@@ -836,10 +816,7 @@ class _Launcher:
                     self.MS_BIND | self.MS_REC,
                     None,
                 )
-        for mask in cfg["masks"]:  # answer keys: an empty read-only folder in their place
-            with contextlib.suppress(OSError):
-                self.call("mount", b"tmpfs", mask.encode(), b"tmpfs", self.MS_RDONLY | self.MS_NOSUID | self.MS_NODEV,
-                          b"size=4k,mode=555")  # fmt: skip
+        self.hide_answer_keys()
         os.makedirs(workdir, exist_ok=True)  # it may lie under a hidden directory
         proc = self.attempt("mount", b"proc", b"/proc", b"proc", self.MS_NOSUID | self.MS_NODEV | self.MS_NOEXEC, None)
         attr = (ctypes.c_uint64 * 4)(1, 0, 0, 0)  # struct mount_attr: attr_set = MOUNT_ATTR_RDONLY
@@ -966,11 +943,15 @@ class _Launcher:
                       options.encode())  # fmt: skip
         except OSError:
             return 0
-        for mask in cfg["masks"]:
+        self.hide_answer_keys()
+        return 1
+
+    def hide_answer_keys(self) -> None:
+        """In a mount namespace of the program's: an empty read-only folder in place of each answer key."""
+        for mask in self.cfg["masks"]:
             with contextlib.suppress(OSError):
                 self.call("mount", b"tmpfs", mask.encode(), b"tmpfs", self.MS_RDONLY | self.MS_NOSUID | self.MS_NODEV,
                           b"size=4k,mode=555")  # fmt: skip
-        return 1
 
     def exec_program(self, stdin: int, namespaced: bool) -> None:
         """In the program's process: channel, identity, limits, capabilities, Landlock, seccomp, then the wrapper."""
@@ -1083,16 +1064,19 @@ class _Launcher:
             time.sleep(0.001)
 
 
-def _source(obj: object, call: str, imports: str) -> str:
-    return f"from __future__ import annotations\n{imports}\n{textwrap.dedent(inspect.getsource(obj))}\n{call}\n"
+def _source(obj: object, call: str, imports: str, helpers: tuple = ()) -> str:
+    """A script for ``python -c``: the imports, the module-level ``helpers``, ``obj``'s source and the call."""
+    parts = [textwrap.dedent(inspect.getsource(o)) for o in (*helpers, obj)]
+    return "from __future__ import annotations\n" + imports + "\n" + "\n".join(parts) + f"\n{call}\n"
 
 
 _LAUNCHER = _source(
     _Launcher, "_Launcher().run()",
     "import contextlib, ctypes, errno, fcntl, marshal, os, resource, select, signal, time",
 )  # fmt: skip
-_WRAPPER = _source(_wrapper, "_wrapper()", "")
-_JUDGE = _source(_judge, "_judge()", "")
+_CHANNEL = (_read_exactly, _write_frame, _from_data, _describe)
+_WRAPPER = _source(_wrapper, "_wrapper()", "import os", _CHANNEL)
+_JUDGE = _source(_judge, "_judge()", "import os", _CHANNEL)
 _next_uid = itertools.count(1_000_000_000 + secrets.randbelow(500_000_000)).__next__  # unused by any real account
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev/zero",
                "/dev/urandom", "/dev/random", "/dev/full")  # fmt: skip
