@@ -20,12 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from ebft.config import METHODS, TASKS, LaunchConfig, plain
+from ebft.config import METHODS, LaunchConfig, plain
 from ebft.errors import UserError
 from ebft.paths import Layout, atomic_write
 from ebft.resolve import EVAL_KINDS, Job, job_from_json, read_study
 
 REPO = Path(__file__).resolve().parent.parent
+TASK_HELP = "a task of the profile (built-in: qa_code, unstructured_code, translation; or one of its own)"
 
 
 def git_sha() -> str:
@@ -462,12 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="output folder (default results/<profile>/models/<model>)")
 
     sp = command("prepare-data", cmd_prepare_data, "Build one task's train and held-out splits.")
-    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--out", help="output folder (default results/<profile>/data/<task>)")
 
     sp = command("train", cmd_train, "Fine-tune a model on one task with one method.")
     sp.add_argument("--method", required=True, choices=METHODS, help="training method")
-    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--run", help="a sweep run of EBFT, such as set1/whitening-none_gamma-0.03_beta-0.5 (the profile's "
                                   "`sweeps`; `ebft check --runs` lists them); with --method ebft")  # fmt: skip
     sp.add_argument("--model-dir", help="the task's base model (default: its prepared folder); EBFT's features")
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
     sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "
                     "feature-matching loss, pass@k or BLEU/chrF++/COMET")  # fmt: skip
-    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--method", required=True, choices=("base", *METHODS),
                     help="the base model or a training method's checkpoint")  # fmt: skip
     sp.add_argument("--run", help="a sweep run's checkpoint (with --method ebft), such as "
@@ -527,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write lm-eval task YAMLs over a local JSON Lines copy of a task's held-out "
                                     "records, for `lm_eval --include_path OUT`.")  # fmt: skip
     sp.add_argument("--config", default="config/cpu.yaml", help="profile YAML (default config/cpu.yaml)")
-    sp.add_argument("--task", required=True, choices=TASKS)
+    sp.add_argument("--task", required=True, help=TASK_HELP)
     sp.add_argument("--data-dir", help="task data folder (default results/<profile>/data/<task>)")
     sp.add_argument("--out", required=True, help="folder for the task files (an lm-eval --include_path)")
     sp.set_defaults(func=None)

@@ -31,21 +31,28 @@ import yaml
 
 from ebft.errors import ConfigError
 
-TASKS = ("qa_code", "unstructured_code", "translation")
+TASKS = ("qa_code", "unstructured_code", "translation")  # the study's built-in tasks; a profile may name its own
+TASK_KINDS = ("code", "text", "translation")  # what a task's data are: they decide its evaluations and reward
+BUILT_IN_KINDS = {"qa_code": "code", "unstructured_code": "code", "translation": "translation"}  # implied kinds
+TASK_NAME = "^[A-Za-z0-9_-]+$"  # a task's name is a folder name of its results
+DEFAULT_HELDOUT_FRACTION = 0.1  # a hub source without a held-out split holds out this fraction of its rows
 METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
 Attention = Literal["sdpa", "eager"]  # transformers' attn_implementation values that read the strided 4-D mask
 BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "pattern")
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory=None, items: dict | None = None, **bounds):
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, factory=None, items: dict | None = None,
+            omit_none: bool = False, **bounds):  # fmt: skip
     """A dataclass field with its description and bounds (JSON-schema keywords: minimum, exclusiveMaximum, …).
 
     ``items`` bounds every element of a list. Bounds are checked when the section is built and written into the schema.
+    ``omit_none``: the field is left out of the section's plain data (:func:`plain`, and so of every settings hash)
+    while it is None, so that adding it moved no hash of the settings written before it existed.
     """
     unknown = set(bounds) - set(BOUNDS)
     if unknown:
         raise TypeError(f"unknown bound(s) {sorted(unknown)}; use {', '.join(BOUNDS)}")
-    meta = {"doc": doc, "bounds": bounds, "items": items or {}}
+    meta = {"doc": doc, "bounds": bounds, "items": items or {}, "omit_none": omit_none}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -152,10 +159,11 @@ class LoraSettings(Section):
     r: int = setting(16, "LoRA rank", minimum=1)
     alpha: int = setting(32, "LoRA scaling numerator (the update is scaled by alpha / r)", minimum=1)
     dropout: float = setting(0.0, "dropout on the LoRA path", minimum=0, maximum=1)
-    target_modules: list[str] = setting(
-        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    target_modules: list[str] | Literal["all-linear"] = setting(
+        "all-linear",
         minItems=1,
-        doc="names of the modules that get adapters (Llama-style names by default)",
+        doc="the modules that get adapters: all-linear (peft's shorthand: every linear layer of the decoder, GPT-2's "
+        "Conv1D included, not the output head), or a list of module names such as [q_proj, v_proj]",
     )
 
 
@@ -173,10 +181,13 @@ class FinetuneConfig(Section):
 
 @dataclass
 class HubSplit(Section):
-    """One split of a hub dataset (or a local dataset folder) and the columns that hold what the study reads."""
+    """One split of a hub dataset, a local dataset folder or a local data file, and the columns that hold what the
+    study reads."""
 
-    path: str = setting(doc="hub dataset id, or a local folder that `datasets.load_dataset` reads (e.g. parquet "
-                            "files named by split)", minLength=1)  # fmt: skip
+    path: str = setting(doc="hub dataset id; a local folder that `datasets.load_dataset` reads (e.g. parquet files "
+                            "named by split); or a local JSON Lines, JSON, CSV or Parquet file (the split itself; "
+                            "`split` is then not read). A relative path is read from the folder the workflow runs "
+                            "in", minLength=1)  # fmt: skip
     split: str = setting("train", "the split to read; a missing split is an error, never another split")
     name: str | None = setting(None, "the dataset's configuration name, if it has several")
     question_field: str | None = setting("question", "None: no question (raw text, e.g. unstructured code)")
@@ -231,12 +242,24 @@ class DjangoSource(Section):
 
 @dataclass
 class HubSource(Section):
-    """Released datasets read with ``datasets.load_dataset``, from the hub (or its local cache) or a local folder: one
-    split to train on and one held out."""
+    """A user's data, or released datasets: a local file or folder, or a hub dataset read with
+    ``datasets.load_dataset`` (from the hub or its local cache); one split to train on, and one held out or, without
+    ``heldout``, a ``heldout_fraction`` of the training rows held out by a hash of each row's content."""
 
     train: HubSplit = setting(doc="the training split")
-    heldout: HubSplit = setting(doc="the held-out split (validation CE, FM loss, downstream evaluation)")
+    heldout: HubSplit | None = setting(None, "the held-out split (validation CE, FM loss, downstream evaluation); "
+                                             "null: hold out heldout_fraction of the training rows",
+                                       omit_none=True)  # fmt: skip
     kind: Literal["hub"] = "hub"
+    heldout_fraction: float | None = setting(
+        None, f"without heldout: the fraction of the training rows held out, each row's side fixed by a hash of its "
+        f"question and answer with the seed (identical rows share a side; a new row moves no other); null: "
+        f"{DEFAULT_HELDOUT_FRACTION}", exclusiveMinimum=0, exclusiveMaximum=1, omit_none=True)  # fmt: skip
+
+    def check(self):
+        if self.heldout is not None and self.heldout_fraction is not None:
+            raise FieldError("heldout_fraction", "give heldout (a split of its own) or heldout_fraction (a share of "
+                             "the training rows), not both")  # fmt: skip
 
 
 Source = HumanEvalSource | StdlibSource | DjangoSource | HubSource  # chosen by `kind`
@@ -444,11 +467,21 @@ class TaskConfig(Section):
 
     model: str = setting(doc="a key of `models`")
     source: Source = setting(doc="where the task's data come from, chosen by `kind`")
+    kind: Literal["code", "text", "translation"] | None = setting(
+        None, "what the data are, which decides the evaluations and reward left null: code (pass@k on held-out rows "
+        "and the unit_tests reward, where the data map a tests column), text (validation CE and FM loss only), "
+        "translation (BLEU/chrF++/COMET and the chrf reward); null: implied by a built-in task's name (qa_code, "
+        "unstructured_code: code; translation: translation), required for any other name")  # fmt: skip
     chunk_length: int = setting(256, "L: packed chunk length in tokens", minimum=2)
-    reward: Literal["unit_tests", "chrf", "none"] = setting("none", "RLVR's verifiable reward (none: no RLVR run)")
-    code_eval: Literal["none", "heldout", "human_eval"] = setting("none", "downstream pass@k problems")
-    translation_eval: Literal["none", "heldout"] = setting("none", "downstream BLEU/chrF++/COMET on the held-out "
-                                                                   "pairs (translation data only)")  # fmt: skip
+    reward: Literal["unit_tests", "chrf", "none"] | None = setting(
+        None, "RLVR's verifiable reward (none: no RLVR run); null: the kind's (code with a tests column: unit_tests; "
+        "translation: chrf; else none)")  # fmt: skip
+    code_eval: Literal["none", "heldout", "human_eval"] | None = setting(
+        None, "downstream pass@k problems; null: the kind's (code with a held-out tests column: heldout; else "
+        "none)")  # fmt: skip
+    translation_eval: Literal["none", "heldout"] | None = setting(
+        None, "downstream BLEU/chrF++/COMET on the held-out pairs (translation data only); null: the kind's "
+        "(translation: heldout; else none)")  # fmt: skip
     sft: dict[str, Any] | None = setting(None, "overrides of the global `sft` section for this task")
     ebft: dict[str, Any] | None = setting(None, "overrides of the global `ebft` section (e.g. c/s/G, pooling)")
     rlvr: dict[str, Any] | None = setting(None, "overrides of the global `rlvr` section")
@@ -511,8 +544,8 @@ class LaunchConfig(Section):
                                         "Snakemake's default")  # fmt: skip
 
     def check(self):
-        unknown = sorted(key for key in self.memory_mb if key.split("/", 1)[0] not in MODEL_RULES
-                         or key.count("/") > 1 or (key.count("/") == 1 and key.split("/")[1] not in TASKS))  # fmt: skip
+        unknown = sorted(key for key in self.memory_mb if key.split("/", 1)[0] not in MODEL_RULES or key.count("/") > 1
+                         or (key.count("/") == 1 and not re.fullmatch(TASK_NAME, key.split("/")[1])))  # fmt: skip
         if unknown:
             raise FieldError("memory_mb", f"{', '.join(unknown)} is not a rule that loads a model, or such a rule and "
                                           f"a task ('rule/task'); the rules: {', '.join(MODEL_RULES)}")  # fmt: skip
@@ -534,7 +567,9 @@ class Profile(Section):
 
     profile: str = setting(doc="name of the results folder", pattern="^[A-Za-z0-9_-]+$")
     models: dict[str, ModelConfig] = setting(doc="named models the tasks refer to")
-    tasks: dict[str, TaskConfig] = setting(doc="the study's tasks: qa_code, unstructured_code, translation")
+    tasks: dict[str, TaskConfig] = setting(doc="the study's tasks by name (letters, digits, '_', '-'): the built-in "
+                                               "qa_code, unstructured_code and translation, or any name with a "
+                                               "`kind`")  # fmt: skip
     results_dir: str = setting("results", "the folder that holds each profile's results (<results_dir>/<profile>/)")
     offline: bool = setting(True, "set HF_HUB_OFFLINE and friends: nothing reaches a hub")
     seed: int = setting(43, "drives splits, shuffling, sampling and initialisation", minimum=0)
@@ -556,10 +591,25 @@ class Profile(Section):
         if not self.models:
             raise ConfigError("config key 'models' is empty; define at least one model.")
         if not self.tasks:
-            raise ConfigError(f"config key 'tasks' is empty; define at least one of {', '.join(TASKS)}.")
-        unknown = sorted(set(self.tasks) - set(TASKS))
+            raise ConfigError("config key 'tasks' is empty; define at least one task (a built-in one such as qa_code, "
+                              "or a name of your own with a kind).")  # fmt: skip
+        for name, task in self.tasks.items():
+            if not isinstance(name, str) or not re.fullmatch(TASK_NAME, name):
+                raise ConfigError(f"tasks.{name} is not a usable task name (it names folders of results); use "
+                                  f"letters, digits, '_' and '-' only.")  # fmt: skip
+            if task.kind is None and name not in BUILT_IN_KINDS:
+                raise ConfigError(f"tasks.{name} is not a built-in task ({', '.join(TASKS)}), so it needs a kind; "
+                                  f"set tasks.{name}.kind to {', '.join(TASK_KINDS[:-1])} or "
+                                  f"{TASK_KINDS[-1]}.")  # fmt: skip
+        unknown = sorted(key for key in self.launch.memory_mb if "/" in key and key.split("/")[1] not in self.tasks)
         if unknown:
-            raise ConfigError(f"tasks.{unknown[0]} is not a task; choose from {', '.join(TASKS)}.")
+            raise ConfigError(f"config key 'launch.memory_mb' is {self.launch.memory_mb!r}; {', '.join(unknown)} is "
+                              f"not a rule that loads a model, or such a rule and a task ('rule/task'); the tasks: "
+                              f"{', '.join(self.tasks)}.")  # fmt: skip
+
+    def task_kind(self, name: str) -> str:
+        """A task's kind: the one it gives, or the one its built-in name implies."""
+        return self.tasks[name].kind or BUILT_IN_KINDS[name]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,8 +655,10 @@ def _coerce(tp, value, where: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:
+        if len(inner) > 1 and all(dataclasses.is_dataclass(a) for a in inner):
             return _build_variant(inner, value, where)
+        if len(inner) > 1:
+            return _first_form(inner, value, where)
         return _coerce(inner[0], value, where)
     if origin is Literal:
         if value not in args:
@@ -658,14 +710,40 @@ def _build_variant(classes, value, where: str):
     return build(kinds[value["kind"]], value, where)
 
 
+def _first_form(forms, value, where: str):
+    """``value`` as the first of ``forms`` (types other than sections, e.g. ``list[str] | Literal["all-linear"]``) that
+    reads it; a ConfigError naming every accepted form where none does."""
+    for tp in forms:
+        with contextlib.suppress(ConfigError):
+            return _coerce(tp, value, where)
+    accepted = " or ".join(_form_text(tp) for tp in forms)
+    raise ConfigError(f"config key '{where}' is {value!r}; it must be {accepted}.")
+
+
+def _form_text(tp) -> str:
+    """A value of type ``tp`` in words, as error messages name it: 'a list of strings', "'all-linear'", …"""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is list:
+        item = _form_text(args[0])
+        plural = {"a string": "strings", "an integer": "integers", "a number": "numbers"}.get(item, f"({item})")
+        return f"a list of {plural}"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
 def _join(where: str, key) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
 def plain(obj) -> Any:
-    """Plain data (dicts, lists, scalars) of a section or a structure holding sections."""
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
+    """Plain data (dicts, lists, scalars) of a section or a structure holding sections; a field declared with
+    ``omit_none`` is left out while it is None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)}  # fmt: skip
     if isinstance(obj, dict):
         return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -10,9 +10,10 @@ A record is ``{"id", "question", "answer", "tests", "entry_point", "meta"}``; ``
   with format placeholders, empty or untranslated strings are dropped; split by English source string, so one
   sentence never appears on both sides.
 
-And ``hub``, a user's data (or the paper's datasets): a local folder, read afresh from its files each time, or a hub
-dataset, one split each side. Every row is checked (question and answer are text, tests in their form), and a held-out
-side that reads the training side's data, or repeats one of its rows, is refused.
+And ``hub``, a user's data (or the paper's datasets): a local file or folder, read afresh each time, or a hub dataset,
+one split each side, or without a held-out split a ``heldout_fraction`` of the training rows held out by a hash of each
+row's content (so identical rows share a side). Every row is checked (question and answer are text, tests in their
+form), and a held-out side that reads the training side's data, or repeats one of its rows, is refused.
 
 Splits hash ``"<seed>:<key>"`` with SHA-256: adding a record never moves another across the split. Each split's size
 and content hash are written to ``manifest.json`` next to it.
@@ -33,7 +34,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from ebft.config import DjangoSource, HubSource, HubSplit, HumanEvalSource, StdlibSource
+from ebft.config import DEFAULT_HELDOUT_FRACTION, DjangoSource, HubSource, HubSplit, HumanEvalSource, StdlibSource
 from ebft.errors import UserError
 from ebft.paths import atomic_write
 
@@ -172,15 +173,22 @@ def django_split(src: DjangoSource, seed: int):
 
 
 def hub_split(src: HubSource, seed: int):
-    """Each side from a local folder (read afresh: :func:`local_rows`) or a hub dataset (``datasets.load_dataset``,
-    which needs the hub or a local cache). Refuses a held-out side that reads the training side's data, or repeats any
-    of its rows (the same question and answer)."""
+    """Each side from a local file or folder (read afresh: :func:`local_rows`) or a hub dataset
+    (``datasets.load_dataset``, which needs the hub or a local cache); without a held-out split, the training rows
+    split by :func:`content_side`. Refuses a held-out side that reads the training side's data, or repeats any of its
+    rows (the same question and answer)."""
+    provenance = {"hub": True, **({"local": local} if (local := local_data_digest(src)) else {})}
+    if src.heldout is None:
+        rows, _ = _located_records(src.train, "train")
+        fraction = src.heldout_fraction or DEFAULT_HELDOUT_FRACTION
+        held = [content_side(r, seed, fraction) for r in rows]
+        train = [r for r, h in zip(rows, held, strict=True) if not h]
+        return train, [r for r, h in zip(rows, held, strict=True) if h], {**provenance, "heldout_fraction": fraction}
     if split_identity(src.train) == split_identity(src.heldout):
         path = repr(src.heldout.path) + ("" if src.heldout.path == src.train.path else f", which is {src.train.path!r}")
         name = f", configuration {src.heldout.name!r}" if src.heldout.name else ""
         raise UserError(f"the held-out side reads the training side's data ({path}, split "
                         f"{src.heldout.split!r}{name}); point source.heldout at another split or folder.")  # fmt: skip
-    provenance = {"hub": True, **({"local": local} if (local := local_data_digest(src)) else {})}
     train, _ = _located_records(src.train, "train")
     heldout, where = _located_records(src.heldout, "heldout")
     seen = {_content_key(r) for r in train}
@@ -194,13 +202,23 @@ def hub_split(src: HubSource, seed: int):
 
 def split_identity(split: HubSplit) -> tuple:
     """What a split reads, whatever the spelling of its path: a local folder's resolved path (trailing '/', './',
-    symlinks), or the hub id; with its configuration and split."""
+    symlinks) with its configuration and split, a local file's resolved path (a file is one split), or the hub id with
+    its configuration and split."""
     path = Path(split.path)
+    if path.is_file():
+        return (str(path.resolve()),)
     return (str(path.resolve()) if path.is_dir() else split.path, split.name, split.split)
 
 
 def _content_key(rec: dict) -> tuple[str, str]:
     return rec["question"].strip(), rec["answer"].strip()
+
+
+def content_side(rec: dict, seed: int, fraction: float) -> bool:
+    """Whether a record is held out when a source holds out ``fraction`` of its rows: fixed by the seed and the row's
+    question and answer (white space at either end aside) alone, so identical rows share a side and adding, removing
+    or reordering rows moves no other row."""
+    return hash_fraction(json.dumps(_content_key(rec), ensure_ascii=False), seed) < fraction
 
 
 # A local source's content, by file: (path, device, inode, size, mtime, ctime) → SHA-256. An entry is kept only for a
@@ -241,12 +259,21 @@ def folder_digest(folder: Path) -> str:
 
 
 def local_data_digest(source) -> dict[str, str] | None:
-    """A ``kind: hub`` source's local folders identified by content ({side: SHA-256 of its folder}), so that a job's
-    settings change when the files do; None for built-in data and hub datasets."""
+    """A ``kind: hub`` source's local files and folders identified by content ({side: SHA-256 of its file, or of its
+    folder}), so that a job's settings change when the files do; None for built-in data and hub datasets."""
     if getattr(source, "kind", None) != "hub":
         return None
-    sides = {side: Path(getattr(source, side).path) for side in ("train", "heldout")}
-    return {side: folder_digest(path) for side, path in sides.items() if path.is_dir()} or None
+    sides = {side: Path(getattr(source, side).path) for side in ("train", "heldout") if getattr(source, side)}
+    digests = {}
+    for side, path in sides.items():
+        if path.is_dir():
+            digests[side] = folder_digest(path)
+        elif path.is_file():
+            try:
+                digests[side] = _file_sha256(path)
+            except OSError as e:
+                raise UserError(f"{path} cannot be read ({e.strerror}); make it readable.") from None
+    return digests or None
 
 
 def _hub_records(split: HubSplit, side: str) -> list[dict]:
@@ -255,18 +282,21 @@ def _hub_records(split: HubSplit, side: str) -> list[dict]:
 
 def _located_records(split: HubSplit, side: str) -> tuple[list[dict], list[str]]:
     """A split's records, every row checked, and where each row came from (file and line, or dataset row)."""
-    if Path(split.path).is_dir():
+    if Path(split.path).is_file():
+        rows, columns = local_file_rows(Path(split.path))
+    elif Path(split.path).is_dir():
         rows, columns = local_rows(split, side)
     else:
         rows, columns = _remote_rows(split, side)
-    fields = (split.question_field, split.answer_field, split.tests_field, split.entry_point_field,
-              split.direction_field, *split.meta_fields)  # fmt: skip
-    missing = [f for f in fields if f and f not in columns]
+    settings = [("question_field", split.question_field), ("answer_field", split.answer_field),
+                ("tests_field", split.tests_field), ("entry_point_field", split.entry_point_field),
+                ("direction_field", split.direction_field),
+                *(("meta_fields", f) for f in split.meta_fields)]  # fmt: skip
+    missing = [(key, f) for key, f in settings if f and f not in columns]
     if missing:
-        raise UserError(
-            f"dataset {split.path!r} has no column {missing[0]!r} (columns: {', '.join(columns)}); "
-            f"set the {side} split's *_field settings in the profile."
-        )
+        key, column = missing[0]
+        raise UserError(f"dataset {split.path!r} has no column {column!r} (columns: {', '.join(columns)}); set the "
+                        f"{side} split's {key} in the profile to one of them.")  # fmt: skip
     if split.max_examples is not None:
         rows = rows[: split.max_examples]
     q, a, t, e = split.question_field, split.answer_field, split.tests_field, split.entry_point_field
@@ -365,6 +395,16 @@ def local_rows(split: HubSplit, side: str) -> tuple[list[tuple[str, dict]], list
     per_file = [(f, _read_local_file(f)) for f in files]
     _check_column_types(split, per_file)
     rows = [row for _, file_rows in per_file for row in file_rows]
+    return rows, list(dict.fromkeys(k for _, row in rows for k in row))
+
+
+def local_file_rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """A split given as one local file: JSON Lines, JSON, CSV (every cell as text) or Parquet, read afresh."""
+    if path.suffix.lower() not in LOCAL_FORMATS:
+        raise UserError(f"{path} is not a JSON Lines, JSON, CSV or Parquet file (its name ends in "
+                        f"{path.suffix or 'no suffix'!r}); convert it to one of these, named .jsonl, .json, .csv or "
+                        f".parquet, or give its folder.")  # fmt: skip
+    rows = _read_local_file(path)
     return rows, list(dict.fromkeys(k for _, row in rows for k in row))
 
 
@@ -524,9 +564,10 @@ def write_task_data(task: str, source, seed: int, out: Path) -> dict:
         raise ValueError(f"unknown data source {source.kind!r}; choose one of {', '.join(BUILDERS)}")
     train, heldout, provenance = BUILDERS[source.kind](source, seed)
     if not train or not heldout:
-        raise UserError(
-            f"task {task} got an empty {'train' if not train else 'held-out'} split; widen its data settings."
-        )
+        fraction = "heldout_fraction" in provenance
+        fix = f"add rows or change its source's heldout_fraction ({provenance['heldout_fraction']})" if fraction else \
+            "widen its data settings"  # fmt: skip
+        raise UserError(f"task {task} got an empty {'train' if not train else 'held-out'} split; {fix}.")
     overlap = {r["id"] for r in train} & {r["id"] for r in heldout}
     if overlap:
         raise RuntimeError(f"{task}: {len(overlap)} records on both sides of the split")  # a bug, not user input

@@ -53,7 +53,7 @@ def hub_repos(study) -> list[tuple[str, str, str]]:
     for task, spec in study.tasks.items():
         if spec.source.kind != "hub":
             continue
-        for side in ("train", "heldout"):
+        for side in ("train", "heldout") if spec.source.heldout is not None else ("train",):
             path = getattr(spec.source, side).path
             if not Path(path).exists() and ("dataset", path) not in {(t, r) for t, r, _ in repos}:
                 repos.append(("dataset", path, f"dataset {path!r} (tasks.{task}.source.{side})"))

@@ -112,8 +112,10 @@ def _children(owner, name: str, tp, key: str) -> list[tuple[str, type, str | Non
         return [(f"{_join_key(key, name)}.{placeholder}", args[1], None)]
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:
+        if len(inner) > 1 and all(dataclasses.is_dataclass(a) for a in inner):
             return [(_join_key(key, name), cls, kind) for kind, cls in variant_kinds(inner).items()]
+        if len(inner) > 1:  # other forms (a list of names or 'all-linear'): a plain setting
+            return []
         tp = inner[0]
     if dataclasses.is_dataclass(tp):
         return [(_join_key(key, name), tp, None)]
@@ -283,7 +285,9 @@ def _allowed_text(f, owner) -> str:
     if items:
         out.append("each " + ", ".join(items))
     if owner is Profile and f.name == "tasks":  # the bounds profile_schema writes for these two mappings
-        out.append("keys: " + ", ".join(f"`{t}`" for t in TASKS) + "; at least one")
+        built_in = ", ".join(f"`{t}`" for t in TASKS)
+        out.append(f"keys: task names (letters, digits, `_`, `-`): {built_in} or any other name with a `kind`; at "
+                   f"least one")  # fmt: skip
     elif owner is Profile and f.name == "models":
         out.append("at least one")
     return ", ".join(out)

@@ -19,11 +19,13 @@ The workflow asks the study which tasks, methods, evaluations and files exist; n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ebft import layout
 from ebft.config import (
+    DEFAULT_HELDOUT_FRACTION,
     METHODS,
     OVERRIDES,
     Attention,
@@ -67,6 +69,7 @@ class Task:
     model: ModelConfig
     source: Source
     chunk_length: int
+    kind: str  # code, text or translation: given, or implied by a built-in name (not part of any job's settings)
     reward: str
     code_eval: str
     translation_eval: str
@@ -442,6 +445,50 @@ def _sweep_points(profile: Profile, tasks: dict[str, Task]) -> dict[str, list[Sw
     return points
 
 
+def _data_has(source: Source, side: str, what: str) -> bool:
+    """Whether a source's ``side`` ('train' or 'heldout') carries unit tests (``what`` 'tests') or translation pairs
+    ('pairs'). A hub source without a held-out split holds out its training rows, with their columns."""
+    if source.kind == "hub":
+        split = source.train if side == "train" or source.heldout is None else source.heldout
+        return bool(split.tests_field if what == "tests" else split.direction_field)
+    return source.kind == {"tests": "human_eval", "pairs": "django"}[what]
+
+
+def task_evaluations(name: str, kind: str, tc, source: Source) -> dict[str, str]:
+    """A task's reward, code evaluation and translation evaluation: as written, or its kind's default (code: pass@k on
+    the held-out rows and the unit_tests reward where the data carry tests; translation: BLEU/chrF++ and chrF; text:
+    none). One sentence for a setting its data cannot serve."""
+    where = f"tasks.{name}"
+    tests = {side: _data_has(source, side, "tests") for side in ("train", "heldout")}
+    pairs = {side: _data_has(source, side, "pairs") for side in ("train", "heldout")}
+    default = {
+        "code": {"reward": "unit_tests" if tests["train"] else "none",
+                 "code_eval": "heldout" if tests["heldout"] else "none", "translation_eval": "none"},
+        "text": {"reward": "none", "code_eval": "none", "translation_eval": "none"},
+        "translation": {"reward": "chrf", "code_eval": "none", "translation_eval": "heldout"},
+    }[kind]  # fmt: skip
+    chosen = {key: getattr(tc, key) if getattr(tc, key) is not None else value for key, value in default.items()}
+    said = {key: f"is {value!r}" if getattr(tc, key) is not None else f"is {value!r} (the default of kind {kind})"
+            for key, value in chosen.items()}  # fmt: skip
+    fix = "or set kind: text" if kind != "text" else "or leave it out"
+    if chosen["code_eval"] == "heldout" and not tests["heldout"]:
+        raise ConfigError(f"{where}.code_eval {said['code_eval']} but its held-out rows carry no unit tests (no "
+                          f"tests_field in its source); map the tests column, set code_eval to 'none' or "
+                          f"'human_eval', {fix}.")  # fmt: skip
+    if chosen["reward"] == "unit_tests" and not tests["train"]:
+        raise ConfigError(f"{where}.reward {said['reward']} but its training rows carry no unit tests (no tests_field "
+                          f"in source.train); map the tests column, set reward to 'none', {fix}.")  # fmt: skip
+    if chosen["translation_eval"] != "none" and not pairs["heldout"]:
+        raise ConfigError(f"{where}.translation_eval {said['translation_eval']} but its held-out data are not "
+                          f"translation pairs (source kind {source.kind!r} without a direction_field); map the "
+                          f"direction column, set translation_eval to 'none', {fix}.")  # fmt: skip
+    if chosen["reward"] == "chrf" and not pairs["train"]:
+        raise ConfigError(f"{where}.reward {said['reward']} but its training data are not translation pairs (source "
+                          f"kind {source.kind!r} without a direction_field); map the direction column, set reward to "
+                          f"'none', {fix}.")  # fmt: skip
+    return chosen
+
+
 def load_study(raw: dict) -> Study:
     """Type a raw profile and resolve its tasks; every mistake is one ConfigError sentence naming the key."""
     if not isinstance(raw, dict):
@@ -463,17 +510,19 @@ def load_study(raw: dict) -> Study:
         except ValueError as e:
             raise ConfigError(f"tasks.{name}: the strided layout does not fit its chunks ({e}); change "
                               f"chunk_length or ebft.c/s/G.") from None  # fmt: skip
-        if tc.source.kind == "hub" and split_identity(tc.source.train) == split_identity(tc.source.heldout):
-            held = tc.source.heldout
+        source = tc.source
+        if source.kind == "hub" and source.heldout is None:  # the default fraction, written out in the settings
+            source = dataclasses.replace(source, heldout_fraction=source.heldout_fraction or DEFAULT_HELDOUT_FRACTION)
+        if (source.kind == "hub" and source.heldout is not None
+                and split_identity(source.train) == split_identity(source.heldout)):  # fmt: skip
+            held = source.heldout
             raise ConfigError(f"tasks.{name}.source.heldout reads the training side's data ({held.path!r}, split "
-                              f"{held.split!r}); point it at another split or folder.")  # fmt: skip
-        if tc.translation_eval != "none" and tc.source.kind not in ("django", "hub"):
-            raise ConfigError(f"tasks.{name}.translation_eval is {tc.translation_eval!r} but its data are not "
-                              f"translation pairs (source kind {tc.source.kind!r}); set it to 'none'.")  # fmt: skip
-        tasks[name] = Task(name=name, model_name=tc.model, model=profile.models[tc.model], source=tc.source,
-                           chunk_length=tc.chunk_length, reward=tc.reward, code_eval=tc.code_eval,
-                           translation_eval=tc.translation_eval,
-                           **merged)  # fmt: skip
+                              f"{held.split!r}); point it at another split or folder, or leave heldout out to hold "
+                              f"out a fraction of the training rows.")  # fmt: skip
+        kind = profile.task_kind(name)
+        evaluations = task_evaluations(name, kind, tc, source)
+        tasks[name] = Task(name=name, model_name=tc.model, model=profile.models[tc.model], source=source,
+                           chunk_length=tc.chunk_length, kind=kind, **evaluations, **merged)  # fmt: skip
     study = Study(profile, tasks, _sweep_points(profile, tasks))
     if "rlvr" in profile.methods and not any(t.reward != "none" for t in tasks.values()):
         raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")

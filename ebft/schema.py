@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ebft.config import OVERRIDES, TASKS, ModelConfig, Profile, TaskConfig
+from ebft.config import OVERRIDES, TASK_NAME, ModelConfig, Profile, TaskConfig
 from ebft.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -63,14 +63,17 @@ def _type_schema(tp, defs: dict, name: str, owner) -> dict:
     if owner is TaskConfig and name in OVERRIDES:  # a partial section: the global one's keys, merged later
         return {"anyOf": [{"type": "null"}, _ref(OVERRIDES[name], defs)]}
     if owner is Profile and name == "tasks":
-        return {"type": "object", "minProperties": 1, "propertyNames": {"enum": list(TASKS)},
+        return {"type": "object", "minProperties": 1, "propertyNames": {"pattern": TASK_NAME},
                 "additionalProperties": _ref(TaskConfig, defs)}  # fmt: skip
     if owner is Profile and name == "models":
         return {"type": "object", "minProperties": 1, "additionalProperties": _ref(ModelConfig, defs)}
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if len(inner) > 1:  # a union of sections told apart by `kind`
+        if len(inner) > 1 and all(dataclasses.is_dataclass(a) for a in inner):  # sections told apart by `kind`
             return {"type": "object", "required": ["kind"], "oneOf": [_ref(c, defs) for c in inner]}
+        if len(inner) > 1:  # other forms (a list of names or 'all-linear'): the first that reads the value
+            forms = [_type_schema(a, defs, name, owner) for a in inner]
+            return {"anyOf": [*forms, {"type": "null"}] if type(None) in args else forms}
         sub = _type_schema(inner[0], defs, name, owner)
         if type(None) not in args:
             return sub

@@ -24,7 +24,7 @@ from evals.metrics import metric_order, table_metrics
 COLUMNS = ["profile", "task", "method", "metric", "value", "n", "ci_low", "ci_high", "config_hash", "git_sha", "note"]
 NO_VERIFIER = "n/a (no verifier)"
 METHOD_ORDER = ["base", "sft", "rlvr", "ebft"]
-TASK_ORDER = ["qa_code", "unstructured_code", "translation"]
+TASK_ORDER = ["qa_code", "unstructured_code", "translation"]  # the built-in tasks first; a profile's own follow by name
 
 
 def metric_info(name: str) -> tuple[str, bool]:

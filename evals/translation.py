@@ -55,7 +55,8 @@ def select_pairs(records: list[dict], max_pairs: int | None, max_records: int | 
             per[d] = per.get(d, 0) + 1
             kept.append(rec)
     if not kept:
-        raise UserError("the held-out file holds no translation pairs; rerun prepare-data for the translation task.")
+        raise UserError("the held-out file holds no translation pairs; map the task's direction_field and rerun "
+                        "prepare-data for it.")  # fmt: skip
     return kept
 
 

@@ -43,12 +43,12 @@ def test_every_profile_resolves_and_meets_the_schema(name):
         (lambda c: c["tasks"]["translation"]["source"].update(heldout_fraction=1.5), "heldout_fraction' is 1.5; it must be < 1"),
         (lambda c: c["sft"].update(max_steps=0), "config key 'sft.max_steps' is 0; it must be ≥ 1."),
         (lambda c: c["eval"]["ce"].update(batch_size="8"), "config key 'eval.ce.batch_size' must be an integer, got '8'"),
-        (lambda c: c["tasks"].update(math={"model": "smollm2", "source": {"kind": "stdlib"}}), "tasks.math is not a task"),
+        (lambda c: c["tasks"].update(math={"model": "smollm2", "source": {"kind": "stdlib"}}), "tasks.math is not a built-in task (qa_code, unstructured_code, translation), so it needs a kind; set tasks.math.kind to code, text or translation."),
         (lambda c: c["rlvr"].update(loss_type="ppo"), "config key 'rlvr.loss_type' is 'ppo'; allowed values: 'grpo'"),
         (lambda c: c["eval"]["code"].update(ks=[1, 8]), "config key 'eval.code.ks' is [1, 8]; every k must lie between 1 and n = 4"),
         (lambda c: c["eval"]["code"].update(greedy=True), "config key 'eval.code.n' is 4; greedy decoding gives one completion"),
         (lambda c: c["tasks"]["qa_code"].update(reward="bleu"), "config key 'tasks.qa_code.reward' is 'bleu'"),
-        (lambda c: [t.pop("reward", None) for t in c["tasks"].values()], "methods lists rlvr but no task sets a 'reward'"),
+        (lambda c: [t.update(reward="none") for t in c["tasks"].values()], "methods lists rlvr but no task sets a 'reward'"),
         (lambda c: c["tasks"]["translation"]["rlvr"].update(num_generations=1), "'tasks.translation.rlvr.num_generations' is 1; it must be ≥ 2"),
         (lambda c: c["tasks"]["translation"].update(ebft={"beta": 0.5, "n": 2}), "'tasks.translation.ebft.n' is 2; β > 0 needs n ≥ 3"),
         # the four disagreements between the old schema and the old dataclasses, now one declaration each
@@ -129,7 +129,8 @@ def probes(sub):
         if key in sub:
             b = sub[key]
             out += [b + sign * step, b - step, b + step]
-    items = sub.get("items", {})
+    arrays = [form for form in sub.get("anyOf", []) if form.get("type") == "array"]  # a list among other forms
+    items = sub.get("items") or (arrays[0].get("items", {}) if arrays else {})
     item_int = items.get("type") == "integer"
     for key in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         if key in items:
@@ -174,9 +175,13 @@ def test_source_is_a_typed_union_chosen_by_kind():
     assert isinstance(study.task("translation").source, DjangoSource)
     assert isinstance(load_study(profile("paper")).task("qa_code").source, HubSource)
     bad = profile("paper")
-    del bad["tasks"]["qa_code"]["source"]["heldout"]
-    with pytest.raises(ConfigError, match="'tasks.qa_code.source.heldout' is missing; it is required"):
+    del bad["tasks"]["qa_code"]["source"]["train"]
+    with pytest.raises(ConfigError, match="'tasks.qa_code.source.train' is missing; it is required"):
         load_study(bad)
+    both = profile("paper")
+    both["tasks"]["qa_code"]["source"]["heldout_fraction"] = 0.2
+    with pytest.raises(ConfigError, match="give heldout .* or heldout_fraction .*, not both"):
+        load_study(both)
 
 
 # --------------------------------------------------------------------------------------------------

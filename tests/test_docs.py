@@ -516,7 +516,7 @@ def test_the_documented_example_profiles_are_valid_and_read_their_data(tmp_path,
         assert main(["check", "--config", str(profile)]) == 0, capsys.readouterr().err
     assert "no problem found" in capsys.readouterr().out
     out = tmp_path / "data"
-    assert main(["prepare-data", "--config", str(custom), "--task", "unstructured_code", "--out", str(out)]) == 0
+    assert main(["prepare-data", "--config", str(custom), "--task", "my_task", "--out", str(out)]) == 0
     lines = {name: (out / name).read_text().count("\n") for name in ("train.jsonl", "heldout.jsonl")}
     assert lines == {"train.jsonl": 40, "heldout.jsonl": 8}
 

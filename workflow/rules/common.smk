@@ -60,7 +60,7 @@ TRAINED_SWEEP_RUNS = sorted({p.id for task in TASKS for p in STUDY.points(task) 
 
 
 wildcard_constraints:
-    task="|".join(TASKS),
+    task="|".join(re.escape(t) for t in TASKS),  # the profile's tasks: built-in names or its own
     method="|".join(re.escape(m) for m in ["base", *STUDY.profile.methods, *SWEEP_RUNS]),
     run="|".join(re.escape(r) for r in TRAINED_SWEEP_RUNS) or "(?!)",
     model="|".join(STUDY.models),
