@@ -167,8 +167,13 @@ def load_tokenizer(model_dir: Path):
     _check_model_dir(model_dir)
     with _loading(model_dir, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(model_dir)
-    if tok.eos_token_id is None:
-        raise UserError(f"the tokenizer in {model_dir} has no EOS token; packing needs one to join examples.")
+    return ready_tokenizer(tok, f"the tokenizer in {model_dir}")
+
+
+def ready_tokenizer(tok, what: str = "the tokenizer"):
+    """``tok`` checked for an EOS token (packing joins examples with it), its pad token set to EOS if it has none."""
+    if getattr(tok, "eos_token_id", None) is None:
+        raise UserError(f"{what} has no EOS token; packing needs one to join examples, so set tokenizer.eos_token.")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is masked out of every loss, so its id does not matter
     return tok
@@ -198,10 +203,41 @@ def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch
                                                     attn_implementation=attention)  # fmt: skip
 
 
+# The model types (config.model_type) whose strided sampling and scoring tests/test_architectures.py checks, each on
+# a tiny random model under both attention kernels: the samplers against per-prefix generation, the shared-prefix
+# scores and features against per-prefix and whole-sequence forwards, and LoRA's default targets.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gpt2", "gemma", "phi", "mistral")
+
+
+def require_supported(model_or_config, what: str = "EBFT") -> None:
+    """Refuse, in one sentence, a model (possibly peft- or DDP-wrapped) or config that the strided block sampler has
+    not been tested on: a model type outside :data:`SUPPORTED_ARCHITECTURES`, or sliding-window attention (the
+    strided 4-D mask replaces the window's mask, so the window would be ignored). Plain evaluation and SFT take any
+    causal LM; only what runs the strided sampler and scoring (EBFT, its FM loss) calls this."""
+    inner = getattr(model_or_config, "module", model_or_config)  # DistributedDataParallel
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    config = getattr(inner, "config", inner)
+    kind = getattr(config, "model_type", None)
+    supported = ", ".join(SUPPORTED_ARCHITECTURES)
+    if kind not in SUPPORTED_ARCHITECTURES:
+        raise UserError(f"{what} cannot run on a model of type {kind!r}: its strided block sampler is tested only on "
+                        f"{supported} (docs/custom.md, 'Model architectures'), while plain evaluation and SFT work "
+                        f"for any causal LM; use a model of a tested type for {what}.")  # fmt: skip
+    window = getattr(config, "sliding_window", None)
+    if window is not None:
+        raise UserError(f"{what} cannot run on this {kind} model with sliding-window attention ({window} tokens), "
+                        f"which the strided sampler's 4-D mask does not apply; set sliding_window to null in its "
+                        f"config.json if the window is longer than every chunk, as it then never applies.")  # fmt: skip
+
+
 REPAIR = "rerun 'ebft prepare-model' (or the workflow's prepare_model rule, or the training rule that wrote it)"
 
 
 def _check_model_dir(model_dir: Path) -> None:
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise UserError(f"a model folder was expected, but got a {type(model_dir).__name__}; pass the folder, or pass "
+                        f"the model object to ebft.EBFTTrainer(model=...).")  # fmt: skip
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a prepared model folder (no config.json); {REPAIR} first.")
 
@@ -246,14 +282,18 @@ def make_trainable(model, cfg: FinetuneConfig):
 def save_checkpoint(model, tokenizer, out: Path, mode: str) -> None:
     """Save a loadable checkpoint: ``out/model`` (merged, plain HF) and, for LoRA, ``out/adapter`` too.
 
-    Each folder is written beside its place (``<name>.partial``) and swapped in once complete, so a run that fails
-    while saving leaves the previous checkpoint whole.
+    ``model`` is left as it was: the adapter is merged into a copy (the same arithmetic as merging in place, so the
+    saved weights are those of ``merge_and_unload``), never into the caller's model. Each folder is written beside its
+    place (``<name>.partial``) and swapped in once complete, so a run that fails while saving leaves the previous
+    checkpoint whole.
     """
+    import copy
+
     out = Path(out)
     if mode == "lora":
         with _swapped_in(out / "adapter") as tmp:
             model.save_pretrained(tmp)
-        merged = model.merge_and_unload()
+        merged = copy.deepcopy(model).merge_and_unload()
     else:
         merged = model
     with _swapped_in(out / "model") as tmp:

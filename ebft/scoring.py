@@ -137,15 +137,24 @@ def policy_scores(
 
 @contextlib.contextmanager
 def first_layers(body, count: int):
-    """Run only the first ``count`` decoder layers of ``body`` (transformers' decoders loop over
-    ``layers[: config.num_hidden_layers]``); the features need none deeper than their deepest depth fraction."""
+    """Run only the first ``count`` decoder layers of ``body``; the features need none deeper than their deepest depth
+    fraction. Llama-style decoders loop over ``layers[: config.num_hidden_layers]``, so the config's count is lowered;
+    GPT-2's loops over its whole block list ``h``, which is cut too (else it ran every block, and on the shared path
+    the blocks beyond the count found no layer in a KV cache sized by the config: an IndexError)."""
     cfg = body.config
     full = cfg.num_hidden_layers
-    cfg.num_hidden_layers = min(count, full)
+    count = min(count, full)
+    blocks = getattr(body, "h", None)
+    cut = isinstance(blocks, torch.nn.ModuleList) and len(blocks) == full and count < full
+    cfg.num_hidden_layers = count
+    if cut:
+        body.h = blocks[:count]
     try:
         yield
     finally:
         cfg.num_hidden_layers = full
+        if cut:
+            body.h = blocks
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ blocks. It is not the quantity above (whitening changes the geometry per block),
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ebft import strided
 from ebft.config import EBFTConfig, FMEvalConfig
-from ebft.models import load_causal_lm, load_tokenizer
+from ebft.models import load_causal_lm, load_tokenizer, require_supported
 from ebft.packing import pack_records
 from ebft.rewards import feature_rewards, fm_loss_estimate
 from ebft.scoring import strided_features
@@ -34,13 +35,23 @@ from evals.stats import bootstrap_ratio_ci
 def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_length: int, ebft: EBFTConfig,
                 cfg: FMEvalConfig, *, seed: int, attention: str = "sdpa") -> list[dict]:  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    c, s, G, n = ebft.c, ebft.s, ebft.G, cfg.n
     model = load_causal_lm(model_dir, attention=attention).to(device).eval()
+    require_supported(model, "the held-out FM loss")  # it samples with the strided sampler
     same = Path(model_dir) == Path(base_dir)
     features = model if same else load_causal_lm(base_dir, attention=attention).to(device).eval()
+    require_supported(features, "the held-out FM loss")  # and scores with strided forwards
     chunks = pack_records(records, load_tokenizer(base_dir), chunk_length)
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))
+    return fm_rows(model, lambda: contextlib.nullcontext(features), chunks, ebft, cfg, seed=seed, device=device)
+
+
+@torch.no_grad()
+def fm_rows(model, feature_net, chunks, ebft: EBFTConfig, cfg: FMEvalConfig, *, seed: int, device) -> list[dict]:
+    """The FM-loss rows of ``model`` on packed held-out ``chunks``; ``feature_net()`` is a context manager yielding
+    the feature network (a frozen model, or the policy with its adapter disabled: ``ebft.features.feature_network``).
+    """
+    c, s, G, n = ebft.c, ebft.s, ebft.G, cfg.n
     valid = block_valid(chunks, c, s, G, ebft.answer_only, ebft.document_mask)  # (N, NB)
     sums, counts, whitened = [], [], []
     for start in tqdm(range(0, len(chunks), cfg.batch_size), desc="fm", unit="batch"):
@@ -53,9 +64,10 @@ def evaluate_fm(model_dir: Path, base_dir: Path, records: list[dict], chunk_leng
             model, rep, c, s, G, temperature=ebft.temperature, top_p=ebft.top_p, generator=generator, documents=docs
         )
         seq = strided.strided_sequence(rep, blocks)
-        gt, gen = strided_features(
-            features, seq, L, c, s, G, layers=ebft.feature_layers, pooling=ebft.pooling, documents=docs
-        )
+        with feature_net() as features:
+            gt, gen = strided_features(
+                features, seq, L, c, s, G, layers=ebft.feature_layers, pooling=ebft.pooling, documents=docs
+            )
         NB = blocks.shape[1]
         gen, gt = gen.view(B, n, NB, -1), gt.view(B, n, NB, -1)[:, 0]
         for b in range(B):
