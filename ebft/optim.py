@@ -47,9 +47,10 @@ def process_share(batch_size: int, processes: int, key: str) -> int:
     return batch_size // processes
 
 
-def step_budget(batches_per_epoch: int, *, epochs: int, max_steps: int) -> int:
-    """Optimiser steps of a run: ``max_steps``, or fewer when ``epochs`` passes over the data end first."""
-    return min(max_steps, epochs * batches_per_epoch)
+def step_budget(batches_per_epoch: int, *, epochs: int, max_steps: int | None) -> int:
+    """Optimiser steps of a run: ``max_steps``, or fewer when ``epochs`` passes over the data end first (None: as many
+    as ``epochs`` allow)."""
+    return epochs * batches_per_epoch if max_steps is None else min(max_steps, epochs * batches_per_epoch)
 
 
 def ebft_step_budget(num_chunks: int, cfg, *, key: str = "ebft.batch_size") -> tuple[int, int]:

@@ -1,5 +1,9 @@
 """EBFT trainer: strided rollouts → base-model features → feature-matching rewards → REINFORCE (docs/method.md §1–§4).
 
+:class:`EBFTTrainer` is the one training loop: the library's entry point (``EBFTTrainer(model=..., args=EBFTConfig(...),
+train_dataset=...).train()``, in the conventions of TRL's trainers) and what ``ebft train --method ebft`` runs for
+every workflow job (:func:`train_ebft` gives it the job's folders).
+
 Objective per rollout batch of B chunks, each copied n times (train batch B·n sequences):
 
     loss = mean_seq [ mean_{generated tokens (t,k) of valid blocks} −A_{j,k} · log π(ŷ_{t,k} | prefix, ŷ_{<t,k}) / T ]
@@ -12,12 +16,15 @@ Objective per rollout batch of B chunks, each copied n times (train batch B·n s
 - A block counts ("valid") when its ground truth holds no padding (and, with ``answer_only``, lies inside an answer);
   other blocks get no gradient and no reward statistics.
 - CE: teacher-forced next-token CE at T = 1 over the ground-truth chunk (every real token), from the same forward.
-- Features: the frozen base model (LoRA: the policy with its adapter disabled; full fine-tuning or an SFT warm start:
-  a frozen copy loaded from the base folder).
-- Random numbers: the rollouts of each chunk are drawn from a stream seeded from (seed, step, the chunk's index), on
-  whichever process samples it, and the data order of epoch e is a permutation
-  seeded from (seed, e), so a run resumed from a checkpoint (weights or adapter, optimiser, scheduler, step) continues
-  exactly as an uninterrupted one; dropout is 0.
+- Features: the frozen base model (LoRA: the policy with its adapter disabled; full fine-tuning: a frozen copy of the
+  starting model; an SFT warm start: the base model, given as ``feature_model``).
+- Random numbers: LoRA's initialisation draws from the global stream seeded with ``seed``; the rollouts of each chunk
+  are drawn from a stream seeded from (seed, step, the chunk's index), on whichever process samples it, and the data
+  order of epoch e is a permutation seeded from (seed, e), so a run resumed from a checkpoint (weights or adapter,
+  optimiser, scheduler, step) continues exactly as an uninterrupted one; the policy runs in eval mode (no dropout), so
+  the update's log-probs are those of the distribution that drew the rollouts.
+- A checkpoint carries what identifies its run: the settings, the content of the packed training data and a
+  fingerprint of the starting weights (policy and feature network). It is continued only by a run with the same three.
 
 Differences from the released code: none in the update; the sampler uses a KV cache (identical tokens in fp32) unless
 ``use_cache: false``. With ``document_mask`` attention is confined to each packed document (the released configs
@@ -27,27 +34,36 @@ leave it off), and blocks whose ground truth leaves its anchor's document get no
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ebft import optim, scoring, strided
-from ebft.config import EBFTConfig, FinetuneConfig, config_hash
+from ebft.config import EBFTConfig as EBFTSection
+from ebft.config import FinetuneConfig, config_hash
+from ebft.ebft_config import EBFTConfig
+from ebft.errors import ConfigError, UserError
 from ebft.features import feature_network
+from ebft.formats import to_records
 from ebft.metrics_log import MetricsLog
 from ebft.models import (
+    ATTENTION,
     autocast_dtype,
     autocast_of,
     frozen_weights_cast,
     load_causal_lm,
     load_tokenizer,
-    make_trainable,
+    ready_tokenizer,
+    require_supported,
     save_checkpoint,
 )
 from ebft.packing import PackedChunks, pack_records
@@ -56,6 +72,12 @@ from ebft.rewards import feature_rewards, rloo_advantages
 TIMINGS = ["rollout_tokens_per_s", "sample_s", "features_s", "policy_s", "optimizer_s", "step_time_s"]  # wall clock
 FIELDS = ["step", "epoch", "reward", "alignment", "diversity", "fm_estimate", "ce", "policy_loss", "kl", "loss",
           "grad_norm", "valid_blocks", "lr", *TIMINGS]  # fmt: skip
+EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on_step_begin", "on_step_end", "on_log",
+          "on_save", "on_evaluate", "on_train_end")  # fmt: skip
+# settings that change where or how often things are written, not what a step computes: a run may be resumed with
+# other values
+UNIDENTIFYING = ("output_dir", "report_to", "tensorboard", "log_every", "checkpoint_every", "eval_max_chunks",
+                 "hub_model_id")  # fmt: skip
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -70,101 +92,455 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
 
 
+class EBFTTrainer:
+    """Energy-based fine-tuning of a causal LM, in the conventions of TRL's trainers.
+
+    ``model``: a hub id or a local folder, a ``transformers`` causal LM, or a ``peft`` model (its adapters train).
+    ``args``: :class:`ebft.EBFTConfig` (default: the paper's settings). ``train_dataset``, ``eval_dataset``: rows in
+    the forms of :mod:`ebft.formats` (text, prompt-completion, question-answer, conversational), as a
+    ``datasets.Dataset``, a list of dicts or a list of strings. ``processing_class``: the tokenizer (default: the
+    model's). ``peft_config``: a ``peft`` config (e.g. ``LoraConfig``) wrapped around ``model``; None: full fine-tuning
+    (or the given peft model's adapters). ``feature_model``: the frozen network that embeds rollouts (a hub id, a
+    folder or a model); by default the policy with its adapter disabled (LoRA) or a frozen copy of the starting model
+    (full fine-tuning); a run that starts from an SFT checkpoint passes the base model. ``callbacks``:
+    ``transformers.TrainerCallback`` classes or instances.
+
+    After :meth:`train`, :attr:`model` is the trained model in memory (saving never changes it),
+    :attr:`state` holds ``global_step`` and ``log_history``, and :meth:`save_model` writes it as a plain Hugging Face
+    folder (``output_dir/model``; with adapters also ``output_dir/adapter``).
+    """
+
+    def __init__(self, model, args: EBFTConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, peft_config=None, feature_model=None, callbacks=None):  # fmt: skip
+        from accelerate import Accelerator
+        from transformers import TrainerControl, TrainerState
+
+        self.args = args = _config(args)
+        device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.mixed_precision = "bf16" if autocast_dtype(args.precision, device_kind) is not None else "no"
+        self.accelerator = Accelerator(mixed_precision=self.mixed_precision, cpu=not torch.cuda.is_available())
+        optim.require_data_parallel(self.accelerator)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        policy = _load_model(model, args.attention, "model")
+        require_supported(policy)
+        self.processing_class = _tokenizer(processing_class, model, policy)
+        self.chunks = self.valid_blocks = None
+        if train_dataset is not None:
+            self.chunks = self._pack(train_dataset, "train_dataset")
+            self.valid_blocks = strided.block_valid(self.chunks, args.c, args.s, args.G, args.answer_only,
+                                                    args.document_mask)  # (N, NB)  # fmt: skip
+        if feature_model is model:
+            feature_model = None  # the policy's own starting weights: what the default gives
+        is_peft = _is_peft(policy)
+        if is_peft and peft_config is not None:
+            raise UserError("model is already a peft model with adapters, and peft_config asks for more; pass "
+                            "peft_config=None to train its adapters, or pass the plain model.")  # fmt: skip
+        self.is_peft = is_peft or peft_config is not None
+        start_copy = None
+        if not self.is_peft and (feature_model is None or args.kl_coef > 0):
+            start_copy = _frozen(copy.deepcopy(policy))  # the starting model, before any update
+        torch.manual_seed(args.seed)  # LoRA's initialisation
+        self.model = _trainable(policy, peft_config, args.gradient_checkpointing).eval()
+        if feature_model is not None:
+            self.frozen = _frozen(_load_model(feature_model, args.attention, "feature_model"))
+            require_supported(self.frozen, "EBFT's feature network")
+            self.feature_source = "frozen base copy"
+        else:
+            self.frozen = None if self.is_peft else start_copy
+            self.feature_source = "policy with adapter disabled" if self.is_peft else "frozen copy of the start"
+        self.kl_ref = start_copy if args.kl_coef > 0 and not self.is_peft else None
+        if self.frozen is not None and self.frozen.get_input_embeddings().weight.shape[0] < len(self.processing_class):
+            raise UserError(f"feature_model's vocabulary ({self.frozen.get_input_embeddings().weight.shape[0]} tokens) "
+                            f"is smaller than the tokenizer's ({len(self.processing_class)}); give a feature network "
+                            f"that shares the policy's tokenizer, such as its base model.")  # fmt: skip
+        self.start_fingerprint = weights_fingerprint(self.model, self.frozen)
+        self.run_id: str | None = None  # what identifies the settings (the workflow's job hash); None: args + peft
+        self._halt_after: int | None = None
+        self.peft_settings = _plain(peft_config.to_dict()) if peft_config is not None else None
+        self.callbacks = [cb() if isinstance(cb, type) else cb for cb in (callbacks or [])]
+        self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
+                                  is_world_process_zero=self.accelerator.is_main_process)  # fmt: skip
+        self.control = TrainerControl()
+        self.optimizer = self.lr_scheduler = None
+        self._event("on_init_end")
+
+    # ------------------------------------------------------------------------------------------------
+
+    def add_callback(self, callback) -> None:
+        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+
+    def _event(self, name: str, **kwargs) -> None:
+        for cb in self.callbacks:
+            result = getattr(cb, name)(self.args, self.state, self.control, model=self.model,
+                                       processing_class=self.processing_class, optimizer=self.optimizer,
+                                       lr_scheduler=self.lr_scheduler, **kwargs)  # fmt: skip
+            if result is not None:
+                self.control = result
+
+    def _pack(self, dataset, where: str) -> PackedChunks:
+        records = to_records(dataset, self.processing_class, where=where)
+        try:
+            chunks = pack_records(records, self.processing_class, self.args.chunk_length)
+        except ValueError as e:
+            raise UserError(f"{where} cannot be packed ({e}); give rows with text.") from None
+        return chunks
+
+    def identity(self) -> dict:
+        """What a checkpoint of this run must match to be continued: settings, training data and starting weights."""
+        settings = self.run_id
+        if settings is None:
+            args = {k: v for k, v in dataclasses.asdict(self.args).items() if k not in UNIDENTIFYING}
+            settings = config_hash({"args": args, "peft": self.peft_settings})
+        return {"settings": settings, "data": data_fingerprint(self.chunks), "model": self.start_fingerprint}
+
+    # ------------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: bool | str | os.PathLike | None = None):
+        """Train; returns ``transformers.trainer_utils.TrainOutput`` (global step, mean loss, the run's summary).
+
+        ``resume_from_checkpoint``: None refuses an ``output_dir`` that already holds a checkpoint (nothing is
+        resumed silently); True continues ``output_dir/checkpoint``, and a path the checkpoint folder there, each
+        only when it was written by the same settings, training data and starting model, refused in one sentence
+        otherwise. ``"auto"`` (the CLI and the workflow) continues a matching checkpoint and starts afresh over any
+        other, saying so. A callback that sets ``control.should_training_stop`` stops the run right after a
+        checkpoint of that step, so that it resumes exactly.
+        """
+        from transformers.trainer_utils import TrainOutput
+
+        if self.chunks is None:
+            raise UserError("EBFTTrainer got no train_dataset, so there is nothing to train on; pass one.")
+        args, accelerator = self.args, self.accelerator
+        out = Path(args.output_dir)
+        checkpoint = out / "checkpoint"
+        source = _checkpoint_source(resume_from_checkpoint, checkpoint)
+        out.mkdir(parents=True, exist_ok=True)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise UserError("the model has no trainable parameters; pass a peft_config, a peft model with trainable "
+                            "adapters, or a model whose weights require gradients.")  # fmt: skip
+        optimizer = optim.adamw(trainable, args)
+        share = optim.process_share(args.batch_size, accelerator.num_processes, "ebft.batch_size")
+        steps_per_epoch, total_steps = optim.ebft_step_budget(len(self.chunks), args)
+        scheduler = optim.lr_schedule(optimizer, args, total_steps)  # stepped here, once per optimiser step
+        # The policy's loss forward is one call of a module around the model (two forwards on the shared-prefix path),
+        # so that DDP sees one forward per backward; the sampler and the features call the model itself, without
+        # gradients.
+        policy, optimizer = accelerator.prepare(StridedPolicy(self.model), optimizer)
+        model = accelerator.unwrap_model(policy).model
+        for m in (self.frozen, self.kl_ref):
+            if m is not None:
+                m.to(accelerator.device)
+        self.optimizer, self.lr_scheduler = optimizer, scheduler
+        identity = self.identity()
+        step, rows = _resume(accelerator, source, model, optimizer, scheduler, identity,
+                             strict=resume_from_checkpoint != "auto")  # fmt: skip
+        if accelerator.is_main_process:
+            where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
+            print(f"ebft: {where} (checkpoints every {args.checkpoint_every} steps in {checkpoint}).",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        self.state.max_steps, self.state.global_step = total_steps, step
+        self.state.num_train_epochs, self.state.train_batch_size = args.epochs, args.batch_size
+        self.state.logging_steps, self.state.save_steps = args.log_every, args.checkpoint_every
+        self.state.log_history = [dict(r) for r in rows]
+        # The per-step rows travel with the checkpoint: the CSV is rebuilt from them (the workflow deletes a failed
+        # job's CSV; rows logged after the last checkpoint are logged again), so a resumed run lists every step once.
+        log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, rows=rows,
+                         integrations=args.reporters, run_dir=out, config=dataclasses.asdict(args))  # fmt: skip
+        bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)
+        started, stopped = time.time(), False
+        with log:
+            self._event("on_train_begin")
+            while step < total_steps:
+                epoch, within = divmod(step, steps_per_epoch)
+                if within == 0:
+                    self._event("on_epoch_begin")
+                shuffle = torch.Generator().manual_seed(strided.derive_seed(args.seed, epoch))
+                order = torch.randperm(len(self.chunks), generator=shuffle)
+                start = within * args.batch_size + accelerator.process_index * share  # this process's share
+                index = order[start : start + share]
+                self._event("on_step_begin")
+                row = ebft_step(accelerator, policy, self.frozen, self.kl_ref, optimizer, scheduler,
+                                self.chunks.subset(index), self.valid_blocks[index], args,
+                                [_sample_seed(args.seed, step, int(i)) for i in index])  # fmt: skip
+                step += 1
+                row.update(step=step, epoch=epoch)
+                self.state.global_step, self.state.epoch = step, step / steps_per_epoch
+                self._event("on_step_end")
+                if step % args.log_every == 0 or step == total_steps:
+                    log.write(row)
+                    self.state.log_history.append(dict(log.rows[-1]))
+                    self._event("on_log", logs=dict(log.rows[-1]))
+                if step % steps_per_epoch == 0:
+                    self._event("on_epoch_end")
+                stopped = self.control.should_training_stop and step < total_steps
+                if step % args.checkpoint_every == 0 or step == total_steps or stopped or self.control.should_save:
+                    _save_state(accelerator, checkpoint, model, optimizer, scheduler, step, identity, log.rows)
+                    self.control.should_save = False
+                    self._event("on_save")
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
+                if step == self._halt_after:  # tests: as if killed here, after this step's checkpoint if one was due
+                    stopped = True
+                if stopped:
+                    break
+        bar.close()
+        accelerator.wait_for_everyone()
+        losses = [float(r["loss"]) for r in log.rows if r.get("loss") is not None]
+        summary = {"method": "ebft", "steps": step, "halted": stopped, "train_chunks": len(self.chunks),
+                   "chunk_length": args.chunk_length, "blocks_per_chunk": self.valid_blocks.shape[1],
+                   "valid_block_fraction": float(self.valid_blocks.float().mean()),
+                   "trainable_parameters": sum(p.numel() for p in trainable), "mixed_precision": self.mixed_precision,
+                   "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 2),
+                   "feature_network": self.feature_source, "identity": identity,
+                   "ebft": dataclasses.asdict(args.section())}  # fmt: skip
+        if accelerator.is_main_process and not stopped:
+            (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        self._event("on_train_end")
+        return TrainOutput(step, sum(losses) / len(losses) if losses else float("nan"), summary)
+
+    def save_model(self, output_dir: str | os.PathLike | None = None) -> None:
+        """Write the model as a plain Hugging Face folder, ``<output_dir>/model`` (adapters merged into a copy), with
+        the tokenizer, and for a peft model its adapter in ``<output_dir>/adapter``; :attr:`model` is unchanged."""
+        out = Path(output_dir or self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.model, self.processing_class, out, "lora" if self.is_peft else "full")
+
+    def push_to_hub(self, commit_message: str = "EBFT", **kwargs) -> str:
+        """Save the model and upload ``output_dir/model`` to ``args.hub_model_id`` (or the output folder's name);
+        refused in one sentence where the hub is offline or unreachable. Returns the repository id."""
+        from ebft import hub
+
+        repo = self.args.hub_model_id or Path(self.args.output_dir).resolve().name
+        hub.require_hub(f"push_to_hub (repository {repo!r})")
+        self.save_model()
+        if self.accelerator.is_main_process:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(repo, exist_ok=True, **kwargs)
+            api.upload_folder(repo_id=repo, folder_path=str(Path(self.args.output_dir) / "model"),
+                              commit_message=commit_message)  # fmt: skip
+        return repo
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, metric_key_prefix: str = "eval") -> dict:
+        """Held-out validation CE (every real token and answer tokens, nats per token) and feature-matching loss of the
+        model as it is now, each with its 95 % bootstrap interval, from the evaluations' own functions
+        (``evals.ce``, ``evals.fm``; docs/method.md §6): ``{"eval_val_ce": …, "eval_val_ce_ci_low": …, …}``."""
+        from ebft.config import CEEvalConfig, FMEvalConfig
+        from evals.ce import ce_rows
+        from evals.fm import fm_rows
+
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if data is None:
+            raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
+        chunks = self._pack(data, "eval_dataset")
+        if self.args.eval_max_chunks is not None:
+            chunks = chunks.subset(slice(0, self.args.eval_max_chunks))
+        device = self.accelerator.device
+        model = self.accelerator.unwrap_model(self.model).to(device)
+        rows = ce_rows(model, chunks, CEEvalConfig(max_chunks=None), seed=self.args.seed, device=device)
+        fm = FMEvalConfig(max_chunks=None, n=self.args.n)
+        rows += fm_rows(model, lambda: feature_network(model, self.frozen), chunks, self.args.section(), fm,
+                        seed=self.args.seed, device=device)  # fmt: skip
+        metrics = {}
+        for r in rows:
+            key = f"{metric_key_prefix}_{r['metric']}"
+            metrics.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        self._event("on_evaluate", metrics=metrics)
+        return metrics
+
+
+def _config(args) -> EBFTConfig:
+    if args is None:
+        return EBFTConfig()
+    if isinstance(args, EBFTConfig):
+        return args
+    if isinstance(args, EBFTSection):
+        raise ConfigError("args is a profile's ebft section; pass ebft.EBFTConfig.from_section(section, "
+                          "output_dir=...) or an ebft.EBFTConfig.")  # fmt: skip
+    raise ConfigError(f"args is a {type(args).__name__}; pass an ebft.EBFTConfig (TRL's and transformers' configs "
+                      f"name other settings: see docs/custom.md).")  # fmt: skip
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def _load_model(spec, attention: str, what: str):
+    """A causal LM from a hub id, a folder or an object; an object must run an attention kernel that reads the strided
+    layout's 4-D mask."""
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return load_causal_lm(path, attention=attention)
+        if str(spec).startswith(("/", ".", "~")) or path.exists():
+            raise UserError(f"{what} {str(spec)!r} is not a model folder; give a folder holding config.json, or a hub "
+                            f"id.")  # fmt: skip
+        return _from_hub(str(spec), attention, what)
+    if not isinstance(spec, torch.nn.Module) or not hasattr(spec, "config"):
+        raise UserError(f"{what} is a {type(spec).__name__}; pass a hub id, a folder, a transformers causal LM or a "
+                        f"peft model.")  # fmt: skip
+    kernel = getattr(spec.config, "_attn_implementation", None)
+    if kernel not in ATTENTION:
+        raise UserError(f"{what} runs the attention kernel {kernel!r}, which cannot read the strided layout's 4-D "
+                        f"mask; load it with attn_implementation='sdpa' or 'eager'.")  # fmt: skip
+    return spec
+
+
+def _from_hub(repo: str, attention: str, what: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32, attn_implementation=attention)
+    except (OSError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(
+            f"{what} {repo!r} is neither a local folder nor loadable from the hub or its cache "
+            f"({reason}); check the name, or download it where the hub is reachable."
+        ) from None
+
+
+def _tokenizer(given, spec, model):
+    if given is not None:
+        if not hasattr(given, "apply_chat_template") and hasattr(given, "tokenizer"):
+            given = given.tokenizer  # a processor: its text tokenizer
+        return ready_tokenizer(given, "processing_class")
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).expanduser().is_dir():
+        return load_tokenizer(Path(spec).expanduser())
+    name = spec if isinstance(spec, (str, os.PathLike)) else getattr(model, "name_or_path", None)
+    if name and Path(name).is_dir() and not any(Path(name).glob("tokenizer*")):
+        name = None
+    if name:
+        from transformers import AutoTokenizer
+
+        try:
+            return ready_tokenizer(AutoTokenizer.from_pretrained(name), f"the tokenizer of {name}")
+        except (OSError, ValueError):
+            pass
+    raise UserError("the model's tokenizer cannot be found from the model; pass it as processing_class=tokenizer.")
+
+
+def _frozen(model):
+    return model.eval().requires_grad_(False)
+
+
+def _trainable(model, peft_config, gradient_checkpointing: bool):
+    """LoRA (or any peft) adapters from ``peft_config`` around ``model``, a peft model's own adapters, or every weight
+    (full fine-tuning); with gradient checkpointing, activations are recomputed in the backward pass."""
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config)
+    if _is_peft(model):
+        return model
+    return model.requires_grad_(True)
+
+
+def lora_config(finetune: FinetuneConfig):
+    """The ``peft.LoraConfig`` of a profile's ``finetune`` section (None for full fine-tuning)."""
+    if finetune.mode == "full":
+        return None
+    if finetune.mode != "lora":
+        raise ValueError(f"unknown finetune mode {finetune.mode!r}; choose 'lora' or 'full'")
+    from peft import LoraConfig
+
+    lora = finetune.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM")  # fmt: skip
+
+
+def _plain(obj):
+    """JSON-able data with sets sorted (a peft config's target modules), so that its hash does not vary by process."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_plain(v) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)
+
+
+def weights_fingerprint(*models) -> str:
+    """A fingerprint of ``models``' weights: each tensor's name, shape, dtype, float64 sum and 4,096 evenly spaced
+    values (a changed weight changes it; cheap enough for a 7B model)."""
+    h = hashlib.sha256()
+    for model in models:
+        if model is None:
+            continue
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{float(flat.sum(dtype=torch.float64))!r}|".encode())
+            sample = flat[:: max(1, flat.numel() // 4096)]
+            h.update(sample.float().cpu().numpy().tobytes() if sample.is_floating_point() else sample.cpu().numpy()
+                     .tobytes())  # fmt: skip
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(chunks: PackedChunks) -> str:
+    """SHA-256 of the packed training chunks (token ids, masks and documents)."""
+    h = hashlib.sha256()
+    for t in (chunks.input_ids, chunks.valid, chunks.answer, chunks.document):
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _checkpoint_source(resume, checkpoint: Path) -> Path:
+    if resume is None:
+        if (checkpoint / "state.pt").is_file():
+            raise UserError(f"{checkpoint.parent} holds a checkpoint of an earlier run; pass "
+                            f"resume_from_checkpoint=True to continue it (only if it is this run's), or choose "
+                            f"another output_dir.")  # fmt: skip
+        return checkpoint
+    if resume is True or resume == "auto":
+        if resume is True and not (checkpoint / "state.pt").is_file():
+            raise UserError(f"resume_from_checkpoint=True, but {checkpoint} holds no checkpoint; pass None to start "
+                            f"afresh.")  # fmt: skip
+        return checkpoint
+    if resume is False:
+        raise UserError("resume_from_checkpoint=False is not a choice here; pass None to start afresh or True to "
+                        "continue.")  # fmt: skip
+    path = Path(resume)
+    path = path.parent if path.name == "state.pt" else path
+    if not (path / "state.pt").is_file():
+        raise UserError(f"resume_from_checkpoint names {resume}, which holds no EBFT checkpoint (state.pt); give "
+                        f"output_dir/checkpoint of the run to continue.")  # fmt: skip
+    return path
+
+
 def train_ebft(
     *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
-    cfg: EBFTConfig, precision: str, seed: int, out: Path, settings_hash: str | None = None,
+    cfg: EBFTSection, precision: str, seed: int, out: Path, settings_hash: str | None = None,
     halt_after: int | None = None, attention: str = "sdpa",
 ) -> dict:  # fmt: skip
-    """Train with EBFT from ``start_dir`` (features from ``base_dir``); resumes from ``out/checkpoint`` if present.
+    """One EBFT run of the workflow, from folders: :class:`EBFTTrainer` on the model in ``start_dir`` (features from
+    ``base_dir``), writing ``out``; resumes a checkpoint in ``out/checkpoint`` written by the same settings, data and
+    starting model, and starts afresh over any other, saying so.
 
-    ``settings_hash`` identifies the settings that define the run (:attr:`ebft.resolve.Job.hash`; by default a hash
-    of the arguments here). The checkpoint carries it, and a checkpoint written under other settings is never
-    continued: the run starts afresh and says so. ``halt_after`` stops (as if killed) right after saving the
-    checkpoint of that step: for resume tests.
+    ``settings_hash`` identifies the settings (:attr:`ebft.resolve.Job.hash`; by default a hash of these arguments).
+    ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
     """
-    from accelerate import Accelerator
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device_kind = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mixed = "bf16" if autocast_dtype(precision, device_kind) is not None else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-    optim.require_data_parallel(accelerator)
-    torch.manual_seed(seed)
-    c, s, G = cfg.c, cfg.s, cfg.G
-
-    tokenizer = load_tokenizer(start_dir)
-    chunks = pack_records(train_records, tokenizer, chunk_length)
-    strided.num_blocks(chunk_length, c, s, G)  # refuses a layout that does not fit before any work
-    valid_blocks = strided.block_valid(chunks, c, s, G, cfg.answer_only, cfg.document_mask)  # (N, NB)
-
-    model = make_trainable(load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention), finetune)
+    args = EBFTConfig.from_section(cfg, output_dir=str(out), chunk_length=chunk_length, seed=seed, precision=precision,
+                                   attention=attention,
+                                   gradient_checkpointing=finetune.gradient_checkpointing)  # fmt: skip
+    tokenizer, _ = load_tokenizer(start_dir), load_tokenizer(base_dir)  # each a folder, or one sentence
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
-    frozen = load_causal_lm(base_dir, attention=attention).eval().requires_grad_(False) if separate_features else None
-    kl_ref = None
-    if cfg.kl_coef > 0 and finetune.mode == "full":
-        kl_ref = load_causal_lm(start_dir, attention=attention).eval().requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optim.adamw(trainable, cfg)
-    share = optim.process_share(cfg.batch_size, accelerator.num_processes, "ebft.batch_size")
-    steps_per_epoch, total_steps = optim.ebft_step_budget(len(chunks), cfg)
-    scheduler = optim.lr_schedule(optimizer, cfg, total_steps)  # stepped here, once per optimiser step
-    # The policy's loss forward is one call of a module around the model (two forwards on the shared-prefix path), so
-    # that DDP sees one forward per backward; the sampler and the features call the model itself, without gradients.
-    policy, optimizer = accelerator.prepare(StridedPolicy(model), optimizer)
-    model = accelerator.unwrap_model(policy).model
-    for m in (frozen, kl_ref):
-        if m is not None:
-            m.to(accelerator.device)
-
-    if settings_hash is None:
-        settings_hash = config_hash({"base": str(base_dir), "start": str(start_dir), "chunk_length": chunk_length,
-                                     "finetune": finetune, "ebft": cfg, "precision": precision, "seed": seed,
-                                     "records": len(train_records)})  # fmt: skip
-    step, rows = _resume(accelerator, out / "checkpoint", model, optimizer, scheduler, settings_hash)
-    if accelerator.is_main_process:
-        where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
-        print(f"ebft: {where} (checkpoints every {cfg.checkpoint_every} steps in {out / 'checkpoint'}).",
-              file=sys.stderr, flush=True)  # fmt: skip
-    # The per-step rows travel with the checkpoint: the CSV is rebuilt from them (the workflow deletes a failed job's
-    # CSV; rows logged after the last checkpoint are logged again), so a resumed run lists every step once.
-    log = MetricsLog(out / "train_metrics.csv", FIELDS, enabled=accelerator.is_main_process, rows=rows,
-                     tensorboard=out / "tensorboard" if cfg.tensorboard else None)  # fmt: skip
-    bar = tqdm(total=total_steps, initial=step, desc="ebft", disable=not accelerator.is_local_main_process)
-    started = time.time()
-    with log:
-        while step < total_steps:
-            epoch, within = divmod(step, steps_per_epoch)
-            shuffle = torch.Generator().manual_seed(strided.derive_seed(seed, epoch))
-            order = torch.randperm(len(chunks), generator=shuffle)
-            start = within * cfg.batch_size + accelerator.process_index * share  # this process's share
-            index = order[start : start + share]
-            row = ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, chunks.subset(index),
-                             valid_blocks[index], cfg, [_sample_seed(seed, step, int(i)) for i in index])  # fmt: skip
-            step += 1
-            row.update(step=step, epoch=epoch)
-            if step % cfg.log_every == 0 or step == total_steps:
-                log.write(row)
-            if step % cfg.checkpoint_every == 0 or step == total_steps:
-                _save_state(accelerator, out / "checkpoint", model, optimizer, scheduler, step, settings_hash,
-                            log.rows)  # fmt: skip
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward']:.3f}", ce=f"{row['ce']:.3f}")
-            if halt_after is not None and step == halt_after:
-                bar.close()
-                return {"steps": step, "halted": True}
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    summary = {"method": "ebft", "steps": step, "train_chunks": len(chunks), "chunk_length": chunk_length,
-               "blocks_per_chunk": valid_blocks.shape[1], "valid_block_fraction": float(valid_blocks.float().mean()),
-               "trainable_parameters": sum(p.numel() for p in trainable), "mixed_precision": mixed,
-               "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 2),
-               "feature_network": "frozen base copy" if separate_features else "policy with adapter disabled",
-               "ebft": asdict(cfg)}  # fmt: skip
-    if accelerator.is_main_process:
-        save_checkpoint(model, tokenizer, out, finetune.mode)
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    model = load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention)
+    trainer = EBFTTrainer(model, args=args, train_dataset=train_records, processing_class=tokenizer,
+                          peft_config=lora_config(finetune),
+                          feature_model=base_dir if separate_features else None)  # fmt: skip
+    trainer._halt_after = halt_after
+    trainer.run_id = settings_hash or config_hash({"finetune": finetune, "ebft": cfg, "chunk_length": chunk_length,
+                                                   "precision": precision, "seed": seed,
+                                                   "attention": attention})  # fmt: skip
+    summary = trainer.train(resume_from_checkpoint="auto").metrics
+    if summary["halted"]:
+        return {"steps": summary["steps"], "halted": True}
+    trainer.save_model()
     return summary
 
 
@@ -324,15 +700,15 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int, settings_hash: str,
+def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int, identity: dict,
                 rows: list[dict]) -> None:  # fmt: skip
     """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step, the per-step metric rows so
-    far and the hash of the settings that define the run (written atomically)."""
+    far and what identifies the run (its settings, training data and starting weights; written atomically)."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "settings_hash": settings_hash,
+    state = {"step": step, "settings_hash": config_hash(identity), "identity": identity,
              "trainable": _trainable_state(model),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": torch.get_rng_state(), "rows": list(rows)}  # fmt: skip
@@ -341,13 +717,14 @@ def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int,
     tmp.replace(path / "state.pt")
 
 
-def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash: str) -> tuple[int, list[dict]]:
-    """Load the state saved by :func:`_save_state` if there is one; return the step to continue from and the metric
-    rows logged up to it.
+def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict, *,
+            strict: bool) -> tuple[int, list[dict]]:  # fmt: skip
+    """Load the state saved by :func:`_save_state` in ``path`` if there is one; return the step to continue from and
+    the metric rows logged up to it.
 
-    A checkpoint that cannot be continued (written under other settings, before checkpoints carried them or their
-    metric rows, or for other trainable weights, such as another LoRA rank) is removed and the run starts afresh,
-    saying so in one line.
+    A checkpoint that cannot be continued (written under other settings, data or starting weights, before checkpoints
+    carried them or their metric rows, or for other trainable weights, such as another LoRA rank) is refused in one
+    sentence (``strict``), or removed so that the run starts afresh, saying so in one line.
     """
     file = path / "state.pt"
     if not file.is_file():
@@ -357,8 +734,11 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash:
     except Exception as e:  # noqa: BLE001  (a truncated or foreign file: whatever torch.load raises)
         state, problem = {}, f"it cannot be read ({type(e).__name__})"
     else:
-        problem = _unusable(state, settings_hash, _trainable_state(model))
+        problem = _unusable(state, identity, _trainable_state(model))
     if problem:
+        if strict:
+            raise UserError(f"the checkpoint in {path} cannot be continued by this run: {problem}; train into another "
+                            f"output_dir, or pass resume_from_checkpoint=None there.")  # fmt: skip
         accelerator.wait_for_everyone()  # every process has read the file before it goes
         if accelerator.is_main_process:
             print(f"ebft: the checkpoint in {path} cannot be continued: {problem}; starting afresh.", file=sys.stderr,
@@ -375,17 +755,22 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, settings_hash:
     return int(state["step"]), list(state["rows"])
 
 
-def _unusable(state: dict, settings_hash: str, trainable: dict) -> str | None:
+IDENTITY = {"settings": "other settings", "data": "other training data", "model": "another starting model"}
+
+
+def _unusable(state: dict, identity: dict, trainable: dict) -> str | None:
     """Why a loaded checkpoint cannot be continued by this run, or None."""
     if not isinstance(state, dict) or "step" not in state:
         return "it is not an EBFT checkpoint"
-    if state.get("settings_hash") != settings_hash:
-        return f"it was written under other settings ({state.get('settings_hash')} ≠ {settings_hash})"
+    theirs = state.get("identity")
+    if not isinstance(theirs, dict) or state.get("settings_hash") != config_hash(identity):
+        differ = [IDENTITY[k] for k in IDENTITY if not isinstance(theirs, dict) or theirs.get(k) != identity[k]]
+        return f"it was written for {' and '.join(differ) or 'another run'}"
     if "rows" not in state:
         return "it predates checkpoints that carry their metric rows"
-    theirs = state.get("trainable", {})
-    differ = [k for k in trainable.keys() | theirs.keys()
-              if k not in trainable or k not in theirs or trainable[k].shape != theirs[k].shape]  # fmt: skip
+    saved = state.get("trainable", {})
+    differ = [k for k in trainable.keys() | saved.keys()
+              if k not in trainable or k not in saved or trainable[k].shape != saved[k].shape]  # fmt: skip
     if differ:
         return f"its trainable weights differ from this model's ({len(differ)} tensors, e.g. {sorted(differ)[0]})"
     return None

@@ -46,6 +46,11 @@ def evaluate_ce(model_dir: Path, records: list[dict], chunk_length: int, cfg: CE
     chunks = pack_records(records, tokenizer, chunk_length)
     if cfg.max_chunks is not None:
         chunks = chunks.subset(slice(0, cfg.max_chunks))
+    return ce_rows(model, chunks, cfg, seed=seed, device=device)
+
+
+def ce_rows(model, chunks, cfg: CEEvalConfig, *, seed: int, device) -> list[dict]:
+    """The validation-CE rows of ``model`` (in eval mode, on ``device``) on packed held-out ``chunks``."""
     rows = []
     for metric, (nll, count) in chunk_nll(model, chunks, cfg.batch_size, device).items():
         total = int(count.sum())

@@ -210,13 +210,13 @@ def test_a_checkpoint_written_under_other_settings_is_never_continued(tiny_model
     run(tiny_model_dir, records, out, max_steps=2, lr=1e-3, settings_hash="first")
     first = trainable_weights(out)
     run(tiny_model_dir, records, out, max_steps=2, lr=5e-3, settings_hash="second")
-    assert "written under other settings (first ≠ second); starting afresh" in capfd.readouterr().err
+    assert "cannot be continued: it was written for other settings; starting afresh" in capfd.readouterr().err
     rows = list(csv.DictReader((out / "train_metrics.csv").open()))
     assert [r["step"] for r in rows] == ["1", "2"]  # every step trained again, the old rows not kept
     assert float(rows[-1]["lr"]) == 5e-3
     second = trainable_weights(out)
     assert any(not torch.equal(first[k], second[k]) for k in first)
-    assert torch.load(out / "checkpoint/state.pt", weights_only=False)["settings_hash"] == "second"
+    assert torch.load(out / "checkpoint/state.pt", weights_only=False)["identity"]["settings"] == "second"
 
 
 def metric_rows(out):
@@ -264,7 +264,7 @@ def test_a_checkpoint_of_another_lora_rank_starts_afresh_instead_of_crashing(tin
     run(tiny_model_dir, records, out, finetune=rank(2), halt_after=1, settings_hash="same")
     run(tiny_model_dir, records, out, finetune=rank(4), settings_hash="same")
     err = capfd.readouterr().err
-    assert "cannot be continued: its trainable weights differ from this model's" in err and "starting afresh" in err
+    assert "cannot be continued: it was written for another starting model" in err and "starting afresh" in err
     assert [r["step"] for r in metric_rows(out)] == ["1", "2", "3"]
     assert next(v for k, v in trainable_weights(out).items() if "lora_A" in k).shape[0] == 4
 
