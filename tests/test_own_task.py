@@ -60,7 +60,7 @@ def test_the_example_profile_resolves_with_its_own_task_names_and_meets_the_sche
         "my_text": ("text", "none", "none", "none"),
     }
     assert study.eval_kinds("my_code") == ["ce", "fm", "code"] and study.eval_kinds("my_text") == ["ce", "fm"]
-    assert study.runs("my_code") == study.runs("my_text") == ["sft", "ebft"]
+    assert study.runs("my_code") == ["sft", "ebft", "rlvr"] and study.runs("my_text") == ["sft", "ebft"]
     assert study.task("my_code").source.heldout_fraction == 0.25
 
 
@@ -262,11 +262,14 @@ def test_the_own_task_example_runs_end_to_end(tmp_path, cli_env):
     snakemake(cli_env, tmp_path, profile=str(EXAMPLE.relative_to(REPO)))
     root = tmp_path / "own_task"
     df = pd.read_csv(root / "metrics.csv", keep_default_na=False, na_values=[""])
-    methods = ("base", "sft", "ebft")
-    assert set(zip(df.task, df.method, strict=True)) == {(t, m) for t in ("my_code", "my_text") for m in methods}
+    assert set(zip(df.task, df.method, strict=True)) == {(t, m) for t in ("my_code", "my_text")
+                                                         for m in ("base", "sft", "ebft", "rlvr")}  # fmt: skip
     assert set(df[df.task == "my_text"].metric) == {"val_ce", "val_ce_answer", "fm_loss"}
     assert set(df[df.task == "my_code"].metric) == {"val_ce", "val_ce_answer", "fm_loss", "pass@1"}
-    assert df.value.notna().all()
+    no_verifier = (df.task == "my_text") & (df.method == "rlvr")  # a text task has no reward: its RLVR cells say so
+    assert (df[no_verifier].note == "n/a (no verifier)").all() and df[no_verifier].value.isna().all()
+    assert df[~no_verifier].value.notna().all()
+    assert (root / "runs/rlvr/my_code/model/config.json").is_file()
     table = (root / "tables/main.md").read_text()
     assert "### my_code" in table and "### my_text" in table
     held = json.loads((root / "data/my_code/manifest.json").read_text())
