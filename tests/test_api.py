@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import lora, same_weights, weights
 
 from ebft import EBFTConfig, EBFTTrainer
 from ebft.config import EBFTConfig as EBFTSection
@@ -24,7 +25,6 @@ from ebft.models import load_causal_lm, load_tokenizer
 from ebft.trainer import TIMINGS, lora_config
 
 REPO = Path(__file__).resolve().parent.parent
-LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SMALL = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "micro_batch_size": None,
          "max_steps": 2, "checkpoint_every": 1, "chunk_length": 64, "seed": 7, "precision": "fp32"}  # fmt: skip
 
@@ -34,26 +34,10 @@ def records():
     return human_eval_split(HumanEvalSource(heldout=64), 43)[0][:10]
 
 
-def lora():
-    from peft import LoraConfig
-
-    return LoraConfig(r=4, lora_alpha=8, target_modules=LLAMA_TARGETS, task_type="CAUSAL_LM")
-
-
 def rows_of(out: Path) -> list[dict]:
     return [
         {k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader((out / "train_metrics.csv").open())
     ]
-
-
-def weights(out: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(out / "model" / "model.safetensors")
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def fit(model, out, data, **kw):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from library_helpers import lora, same_weights, weights
 
 from ebft.config import EBFTConfig, FinetuneConfig, HumanEvalSource
 from ebft.data import human_eval_split
@@ -15,32 +16,14 @@ from ebft.errors import UserError
 from ebft.models import load_causal_lm, load_tokenizer, save_checkpoint
 from ebft.trainer import train_ebft
 
-LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
 
 @pytest.fixture(scope="module")
 def records():
     return human_eval_split(HumanEvalSource(heldout=64), 43)[0][:10]
 
 
-def lora():
-    from peft import LoraConfig
-
-    return LoraConfig(r=4, lora_alpha=8, target_modules=LLAMA_TARGETS, task_type="CAUSAL_LM")
-
-
 def steps_logged(out: Path) -> list[str]:
     return [r["step"] for r in csv.DictReader((out / "train_metrics.csv").open())]
-
-
-def weights(out: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(out / "model" / "model.safetensors")
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fault_1_a_finished_run_is_not_continued_with_other_data_of_the_same_length(tiny_model_dir, records, tmp_path,
