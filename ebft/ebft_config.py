@@ -80,6 +80,8 @@ class EBFTConfig(config.EBFTConfig):
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward pass")
     eval_max_chunks: int | None = setting(None, "evaluate(): the first held-out chunks scored; null: all", minimum=1)
     hub_model_id: str | None = setting(None, "push_to_hub(): the repository; null: the output folder's name")
+    beta: float = setting(0.0, "diversity coefficient of the reward (α·alignment − β·diversity; needs n ≥ 3 when > "
+                               "0); not TRL's beta, the KL coefficient, which is kl_coef here", minimum=0)  # fmt: skip
     # the paper's released values where they differ from the profile section's small-run defaults
     lr: float = setting(1e-6, "peak learning rate (the released full fine-tuning rate)", exclusiveMinimum=0)
     batch_size: int = setting(16, "chunks per rollout batch, summed over all processes (× n sequences)", minimum=1)
