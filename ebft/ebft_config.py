@@ -54,7 +54,8 @@ TRL_NAMES = {
     "loss_type": "nothing: EBFT's loss is fixed (docs/method.md §2)",
     "scale_rewards": "nothing: EBFT's advantages are leave-one-out baselines, never rescaled",
     "num_iterations": "nothing: EBFT takes exactly one optimiser step per rollout batch",
-    "eval_steps": "evaluate() after train(), or a TrainerCallback that calls it",
+    "eval_steps": "eval_every (held-out evaluations during train(), at step 0, every eval_every steps and at the end)",
+    "eval_strategy": "eval_every (optimiser steps between held-out evaluations; null: none)",
     "push_to_hub": "trainer.push_to_hub() after training (hub_model_id names the repository)",
     "resume_from_checkpoint": "trainer.train(resume_from_checkpoint=True)",
 }
@@ -79,6 +80,9 @@ class EBFTConfig(config.EBFTConfig):
                                    "'none' or 'csv' for nothing more")  # fmt: skip
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward pass")
     eval_max_chunks: int | None = setting(None, "evaluate(): the first held-out chunks scored; null: all", minimum=1)
+    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations of eval_dataset during "
+                                           "train(), also at step 0 and at the end (eval_metrics.csv; training is "
+                                           "unchanged by them); null: none", minimum=1)  # fmt: skip
     hub_model_id: str | None = setting(None, "push_to_hub(): the repository; null: the output folder's name")
     beta: float = setting(0.0, "diversity coefficient of the reward (α·alignment − β·diversity; needs n ≥ 3 when > "
                                "0); not TRL's beta, the KL coefficient, which is kl_coef here", minimum=0)  # fmt: skip

@@ -77,7 +77,9 @@ EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on
 # settings that change where or how often things are written, not what a step computes: a run may be resumed with
 # other values
 UNIDENTIFYING = ("output_dir", "report_to", "tensorboard", "log_every", "checkpoint_every", "eval_max_chunks",
-                 "hub_model_id")  # fmt: skip
+                 "eval_every", "hub_model_id")  # fmt: skip
+BUDGETS = ["gt_tokens", "rollout_tokens", "train_flops", "train_wall_s"]  # cumulative, at each evaluation
+EVAL_FIELDS = ["step", "metric", "value", "ci_low", "ci_high", "n", *BUDGETS]
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -232,8 +234,17 @@ class EBFTTrainer:
                 m.to(accelerator.device)
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         identity = self.identity()
-        step, rows = _resume(accelerator, source, model, optimizer, scheduler, identity,
-                             strict=resume_from_checkpoint != "auto")  # fmt: skip
+        eval_chunks = None
+        if args.eval_every is not None:
+            if self.eval_dataset is None:
+                raise UserError("eval_every is set but the trainer has no eval_dataset; pass one, or set "
+                                "eval_every=None.")  # fmt: skip
+            eval_chunks = self._eval_chunks(self.eval_dataset)
+        step, rows, extra = _resume(accelerator, source, model, optimizer, scheduler, identity,
+                                    strict=resume_from_checkpoint != "auto")  # fmt: skip
+        budget = dict(extra.get("budget") or dict.fromkeys(BUDGETS, 0))
+        evals = list(extra.get("evals") or [])
+        per_step = self._step_budget()
         if accelerator.is_main_process:
             where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
             print(f"ebft: {where} (checkpoints every {args.checkpoint_every} steps in {checkpoint}).",
@@ -250,6 +261,8 @@ class EBFTTrainer:
         started, stopped = time.time(), False
         with log:
             self._event("on_train_begin")
+            if eval_chunks is not None and step == 0 and not evals:
+                self._held_out(eval_chunks, 0, budget, evals, out)
             while step < total_steps:
                 epoch, within = divmod(step, steps_per_epoch)
                 if within == 0:
@@ -259,9 +272,15 @@ class EBFTTrainer:
                 start = within * args.batch_size + accelerator.process_index * share  # this process's share
                 index = order[start : start + share]
                 self._event("on_step_begin")
+                t0 = time.time()
                 row = ebft_step(accelerator, policy, self.frozen, self.kl_ref, optimizer, scheduler,
                                 self.chunks.subset(index), self.valid_blocks[index], args,
                                 [_sample_seed(args.seed, step, int(i)) for i in index])  # fmt: skip
+                whole = order[within * args.batch_size : (within + 1) * args.batch_size]  # every process's share
+                budget["gt_tokens"] += int(self.chunks.valid[whole].sum())
+                budget["rollout_tokens"] += per_step["rollout_tokens"]
+                budget["train_flops"] += per_step["train_flops"]
+                budget["train_wall_s"] = round(budget["train_wall_s"] + time.time() - t0, 3)
                 step += 1
                 row.update(step=step, epoch=epoch)
                 self.state.global_step, self.state.epoch = step, step / steps_per_epoch
@@ -272,9 +291,12 @@ class EBFTTrainer:
                     self._event("on_log", logs=dict(log.rows[-1]))
                 if step % steps_per_epoch == 0:
                     self._event("on_epoch_end")
+                if eval_chunks is not None and (step % args.eval_every == 0 or step == total_steps):
+                    self._held_out(eval_chunks, step, budget, evals, out)
                 stopped = self.control.should_training_stop and step < total_steps
                 if step % args.checkpoint_every == 0 or step == total_steps or stopped or self.control.should_save:
-                    _save_state(accelerator, checkpoint, model, optimizer, scheduler, step, identity, log.rows)
+                    _save_state(accelerator, checkpoint, model, optimizer, scheduler, step, identity, log.rows,
+                                {"budget": budget, "evals": evals})  # fmt: skip
                     self.control.should_save = False
                     self._event("on_save")
                 bar.update(1)
@@ -291,7 +313,7 @@ class EBFTTrainer:
                    "valid_block_fraction": float(self.valid_blocks.float().mean()),
                    "trainable_parameters": sum(p.numel() for p in trainable), "mixed_precision": self.mixed_precision,
                    "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 2),
-                   "feature_network": self.feature_source, "identity": identity,
+                   "feature_network": self.feature_source, "identity": identity, "budget": budget,
                    "ebft": dataclasses.asdict(args.section())}  # fmt: skip
         if accelerator.is_main_process and not stopped:
             (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
@@ -328,29 +350,70 @@ class EBFTTrainer:
         """Held-out validation CE (every real token and answer tokens, nats per token) and feature-matching loss of the
         model as it is now, each with its 95 % bootstrap interval, from the evaluations' own functions
         (``evals.ce``, ``evals.fm``; docs/method.md §6): ``{"eval_val_ce": …, "eval_val_ce_ci_low": …, …}``."""
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if data is None:
+            raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
+        metrics = {}
+        for r in self._held_out_rows(self._eval_chunks(data)):
+            key = f"{metric_key_prefix}_{r['metric']}"
+            metrics.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        self._event("on_evaluate", metrics=metrics)
+        return metrics
+
+    def _eval_chunks(self, data) -> PackedChunks:
+        chunks = self._pack(data, "eval_dataset")
+        if self.args.eval_max_chunks is not None:
+            chunks = chunks.subset(slice(0, self.args.eval_max_chunks))
+        return chunks
+
+    @torch.no_grad()
+    def _held_out_rows(self, chunks: PackedChunks) -> list[dict]:
+        """The evaluations' rows (metric, value, interval, counts) of the model as it is, in fp32: nothing they do
+        draws from a random stream that training uses, and the model leaves them as it came."""
         from ebft.config import CEEvalConfig, FMEvalConfig
         from evals.ce import ce_rows
         from evals.fm import fm_rows
 
-        data = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if data is None:
-            raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
-        chunks = self._pack(data, "eval_dataset")
-        if self.args.eval_max_chunks is not None:
-            chunks = chunks.subset(slice(0, self.args.eval_max_chunks))
         device = self.accelerator.device
         model = self.accelerator.unwrap_model(self.model).to(device)
         rows = ce_rows(model, chunks, CEEvalConfig(max_chunks=None), seed=self.args.seed, device=device)
         fm = FMEvalConfig(max_chunks=None, n=self.args.n)
         rows += fm_rows(model, lambda: feature_network(model, self.frozen), chunks, self.args.section(), fm,
                         seed=self.args.seed, device=device)  # fmt: skip
-        metrics = {}
-        for r in rows:
-            key = f"{metric_key_prefix}_{r['metric']}"
-            metrics.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
-        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        return rows
+
+    def _held_out(self, chunks: PackedChunks, step: int, budget: dict, evals: list[dict], out: Path) -> None:
+        """An evaluation during training: its rows, with the step and the budgets spent so far, appended to ``evals``
+        and written whole to ``out/eval_metrics.csv``."""
+        rows = self._held_out_rows(chunks)
+        new = [{"step": step, **{k: r[k] for k in ("metric", "value", "ci_low", "ci_high", "n")}, **budget}
+               for r in rows]  # fmt: skip
+        evals.extend(new)
+        if self.accelerator.is_main_process:
+            import csv
+
+            with (out / "eval_metrics.csv").open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
+                writer.writeheader()
+                writer.writerows(evals)
+        metrics = {f"eval_{r['metric']}": r["value"] for r in new}
+        self.state.log_history.append({**metrics, "step": step})
         self._event("on_evaluate", metrics=metrics)
-        return metrics
+
+    def _step_budget(self) -> dict:
+        """Rollout tokens and the training-compute estimate of one optimiser step (docs/method.md §6): FLOPs ≈ 2 × the
+        parameters a token passes through forwards + 4 × those it passes through backwards, over whole sequences of
+        L + NB·G tokens: the sampler's and the loss's forwards and the loss's backward through the policy, the
+        features' forward through the feature network (and the KL reference's, with kl_coef)."""
+        args = self.args
+        NB = self.valid_blocks.shape[1]
+        sequences, S = args.batch_size * args.n, args.chunk_length + NB * args.G
+        policy = sum(p.numel() for p in self.model.parameters())
+        features = sum(p.numel() for p in self.frozen.parameters()) if self.frozen is not None else policy
+        reference = sum(p.numel() for p in self.kl_ref.parameters()) if self.kl_ref is not None else policy
+        per_token = 2 * 2 * policy + 4 * policy + 2 * features + (2 * reference if args.kl_coef > 0 else 0)
+        return {"rollout_tokens": sequences * NB * args.G, "train_flops": float(sequences * S * per_token)}
 
 
 def _config(args) -> EBFTConfig:
@@ -701,7 +764,7 @@ def _trainable_state(model) -> dict:
 
 
 def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int, identity: dict,
-                rows: list[dict]) -> None:  # fmt: skip
+                rows: list[dict], extra: dict | None = None) -> None:  # fmt: skip
     """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step, the per-step metric rows so
     far and what identifies the run (its settings, training data and starting weights; written atomically)."""
     accelerator.wait_for_everyone()
@@ -711,16 +774,16 @@ def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int,
     state = {"step": step, "settings_hash": config_hash(identity), "identity": identity,
              "trainable": _trainable_state(model),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": torch.get_rng_state(), "rows": list(rows)}  # fmt: skip
+             "rng": torch.get_rng_state(), "rows": list(rows), "extra": extra or {}}  # fmt: skip
     tmp = path / "state.pt.partial"
     torch.save(state, tmp)
     tmp.replace(path / "state.pt")
 
 
 def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict, *,
-            strict: bool) -> tuple[int, list[dict]]:  # fmt: skip
-    """Load the state saved by :func:`_save_state` in ``path`` if there is one; return the step to continue from and
-    the metric rows logged up to it.
+            strict: bool) -> tuple[int, list[dict], dict]:  # fmt: skip
+    """Load the state saved by :func:`_save_state` in ``path`` if there is one; return the step to continue from, the
+    metric rows logged up to it and what else the run kept (its budgets and evaluations so far).
 
     A checkpoint that cannot be continued (written under other settings, data or starting weights, before checkpoints
     carried them or their metric rows, or for other trainable weights, such as another LoRA rank) is refused in one
@@ -728,7 +791,7 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
     """
     file = path / "state.pt"
     if not file.is_file():
-        return 0, []
+        return 0, [], {}
     try:
         state = torch.load(file, weights_only=False)
     except Exception as e:  # noqa: BLE001  (a truncated or foreign file: whatever torch.load raises)
@@ -744,7 +807,7 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
             print(f"ebft: the checkpoint in {path} cannot be continued: {problem}; starting afresh.", file=sys.stderr,
                   flush=True)  # fmt: skip
             shutil.rmtree(path)
-        return 0, []
+        return 0, [], {}
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in state["trainable"].items():
@@ -752,7 +815,7 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    return int(state["step"]), list(state["rows"])
+    return int(state["step"]), list(state["rows"]), dict(state.get("extra") or {})
 
 
 IDENTITY = {"settings": "other settings", "data": "other training data", "model": "another starting model"}

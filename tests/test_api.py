@@ -290,3 +290,50 @@ def test_report_to_sends_every_logged_row_to_wandb_or_trackio(tiny_model_dir, re
     monkeypatch.setitem(sys.modules, name, fake)
     fit(str(tiny_model_dir), tmp_path / "run", records, args={"report_to": [name]})
     assert calls == [("init", "run", SMALL["lr"]), ("log", 1, True), ("log", 2, True), ("finish",)]
+
+
+def eval_rows(out: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k != "train_wall_s"} for r in csv.DictReader((out / "eval_metrics.csv").open())
+    ]
+
+
+def test_evaluating_during_training_changes_nothing_in_training(tiny_model_dir, records, tmp_path):
+    """eval_every: held-out CE and FM loss at step 0, every eval_every steps and at the end, with the budgets spent so
+    far; the weights and every logged training metric are bit-identical to a run without them."""
+    fit(str(tiny_model_dir), tmp_path / "plain", records[:8], args={"max_steps": 3})
+    evaluated = fit(str(tiny_model_dir), tmp_path / "evaluated", records[:8], eval_dataset=records[8:],
+                    args={"max_steps": 3, "eval_every": 2})  # fmt: skip
+    assert same_weights(weights(tmp_path / "plain"), weights(tmp_path / "evaluated"))
+    assert rows_of(tmp_path / "plain") == rows_of(tmp_path / "evaluated")
+    rows = eval_rows(tmp_path / "evaluated")
+    assert [(r["step"], r["metric"]) for r in rows] == [(s, m) for s in ("0", "2", "3")
+                                                        for m in ("val_ce", "val_ce_answer", "fm_loss")]  # fmt: skip
+    first, last = (next(r for r in rows if r["step"] == s and r["metric"] == "val_ce") for s in ("0", "3"))
+    assert int(first["gt_tokens"]) == 0 and float(first["train_flops"]) == 0
+    assert 0 < int(last["gt_tokens"]) <= 3 * 2 * 64 and int(last["rollout_tokens"]) == 3 * 2 * 3 * 7 * 8
+    assert float(last["value"]) != float(first["value"])  # the model moved
+    assert evaluated.evaluate()["eval_val_ce"] == pytest.approx(float(last["value"]), rel=1e-6)
+    assert [h["step"] for h in evaluated.state.log_history if "eval_val_ce" in h][:3] == [0, 2, 3]
+    with pytest.raises(UserError, match="eval_every is set but the trainer has no eval_dataset"):
+        fit(str(tiny_model_dir), tmp_path / "none", records, args={"eval_every": 1})
+    with pytest.raises(ConfigError, match="no 'eval_steps' .*here it is eval_every"):
+        EBFTConfig(eval_steps=10)
+
+
+def test_an_interrupted_run_resumes_with_every_evaluation_once(tiny_model_dir, records, tmp_path):
+    """Killed after step 3 with its last checkpoint at step 2, then resumed: the evaluations after the checkpoint are
+    made again, and the run lists each step's evaluation once, equal to an uninterrupted run's."""
+    kw = {"args": {"max_steps": 4, "checkpoint_every": 2, "eval_every": 1}, "eval_dataset": records[8:]}
+    fit(str(tiny_model_dir), tmp_path / "straight", records[:8], **kw)
+    args = EBFTConfig(output_dir=str(tmp_path / "killed"), **{**SMALL, **kw["args"]})
+    killed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
+                         peft_config=lora())  # fmt: skip
+    killed._halt_after = 3
+    killed.train()
+    assert [r["step"] for r in eval_rows(tmp_path / "killed")][::3] == ["0", "1", "2", "3"]
+    resumed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
+                          peft_config=lora())  # fmt: skip
+    resumed.train(resume_from_checkpoint=True)
+    assert eval_rows(tmp_path / "killed") == eval_rows(tmp_path / "straight")
+    assert [r["step"] for r in eval_rows(tmp_path / "straight")][::3] == ["0", "1", "2", "3", "4"]
