@@ -8,6 +8,11 @@ Verdicts at 95 %: a claim "A better than B" is *supported* when the paired inter
 better side, *contradicted* when it lies wholly on the other side, *inconclusive* otherwise. "A ≈ B" is supported when
 the interval lies within ± the metric's equivalence margin (:data:`MARGINS`), contradicted when it lies wholly beyond
 the margin, inconclusive otherwise.
+
+Every claim also states the smallest difference the comparison could have detected (:func:`detectable`): at 95 %
+confidence (two-sided) and 80 % power, (z₀.₉₇₅ + z₀.₈₀) · SE, with the standard error of the paired difference read
+from the spread of its bootstrap interval, SE = (high − low) / (2 · z₀.₉₇₅). An inconclusive claim thus reads
+"no difference as large as this was ruled in or out", not "no difference".
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ UNIT_COLUMNS = ["profile", "task", "method", "metric", "unit", "num", "den", "st
 CORPUS_SCORES = ("bleu", "chrf")  # corpus-level: compared on re-summed sentence statistics, not ratios
 REFERENCES = ("sft", "base")
 MARGINS = {"pass@": 0.02, "bleu": 1.0, "chrf": 1.0, "val_ce": 0.01, "fm_loss": 0.01}  # "≈" within ± this
+
+
+Z_CONFIDENCE, Z_POWER = 1.959964, 0.841621  # two-sided 95 %, and 80 % power
+
+
+def detectable(low: float, high: float) -> float:
+    """The smallest true difference a paired comparison with the 95 % interval [low, high] detects 80 % of the time:
+    (z₀.₉₇₅ + z₀.₈₀) · SE, SE = (high − low) / (2 · z₀.₉₇₅) (the interval read as normal)."""
+    return (Z_CONFIDENCE + Z_POWER) * (high - low) / (2 * Z_CONFIDENCE)
 
 
 def margin(metric: str) -> float | None:
@@ -137,8 +151,9 @@ def claims(metrics_df: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
         for claim, d, verdict in checks:
             rows.append({"task": task, "claim": claim, "verdict": verdict,
                          "diff": None if d is None else d[0], "ci_low": None if d is None else d[1],
-                         "ci_high": None if d is None else d[2]})  # fmt: skip
-    return pd.DataFrame(rows, columns=["task", "claim", "verdict", "diff", "ci_low", "ci_high"])
+                         "ci_high": None if d is None else d[2],
+                         "detectable": None if d is None else detectable(d[1], d[2])})  # fmt: skip
+    return pd.DataFrame(rows, columns=["task", "claim", "verdict", "diff", "ci_low", "ci_high", "detectable"])
 
 
 def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame) -> str:
@@ -148,11 +163,21 @@ def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame) -> str:
             "No per-unit values were collected (units.csv), so no paired comparison was made; rerun the "
             "evaluations with this version to get them.\n"
         )
-    lines = ["### The paper's claims (paired bootstrap, 95 %)", "", "| task | claim | verdict | difference [95 % CI] |",
-             "|---|---|---|---|"]  # fmt: skip
+    lines = ["### The paper's claims (paired bootstrap, 95 %)", "", "| task | claim | verdict | difference [95 % CI] | "
+             "detectable difference |", "|---|---|---|---|---|"]  # fmt: skip
+    unclear = []
     for r in table.itertuples():
         cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-        lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} |")
+        power = "–" if pd.isna(r.diff) else f"±{r.detectable:.4f}"
+        lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} | {power} |")
+        if r.verdict == "inconclusive":
+            unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
+                           f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+    lines += ["", "The detectable difference is the smallest true difference a comparison detects with 80 % power "
+              "at 95 % confidence: (1.96 + 0.84) × its standard error, read from the spread of its paired "
+              "interval."]  # fmt: skip
+    if unclear:
+        lines += ["", "What the inconclusive claims could not see:", "", *unclear]
     lines += ["", "### Paired differences to SFT and to base", "", "| task | metric | method − reference | "
               "difference [95 % CI] | units |", "|---|---|---|---|---|"]  # fmt: skip
     for r in diffs.itertuples():

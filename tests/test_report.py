@@ -193,6 +193,34 @@ def test_verdicts_at_the_edges():
     assert verdict_equal((0.02, -0.01, 0.05), "pass@1") == "inconclusive"
 
 
+def test_every_claim_states_the_difference_it_could_have_detected():
+    """Power: (z₀.₉₇₅ + z₀.₈₀) standard errors, the standard error read from the paired interval; an inconclusive
+    claim's reading names it."""
+    import math
+
+    import pandas as pd
+
+    from evals.claims import claims_markdown, detectable
+
+    assert math.isclose(detectable(-1.959964, 1.959964), 1.959964 + 0.841621, rel_tol=1e-9)
+    assert math.isclose(detectable(0.1, 0.3), 0.1 * (1.959964 + 0.841621) / 1.959964, rel_tol=1e-9)
+    table = pd.DataFrame([
+        {"task": "t", "claim": "EBFT > SFT on pass@1", "verdict": "inconclusive", "diff": 0.0, "ci_low": -0.03,
+         "ci_high": 0.03, "detectable": detectable(-0.03, 0.03)},
+        {"task": "t", "claim": "EBFT CE < SFT CE", "verdict": "supported", "diff": -0.1, "ci_low": -0.12,
+         "ci_high": -0.08, "detectable": detectable(-0.12, -0.08)},
+        {"task": "t", "claim": "EBFT CE < RLVR CE", "verdict": "not measured", "diff": None, "ci_low": None,
+         "ci_high": None, "detectable": None},
+    ])  # fmt: skip
+    diffs = pd.DataFrame(columns=["task", "metric", "method", "reference", "diff", "ci_low", "ci_high", "units"])
+    text = claims_markdown(table, diffs)
+    assert "| t | EBFT > SFT on pass@1 | inconclusive | +0.0000 [-0.0300, +0.0300] | ±0.0429 |" in text
+    assert "| t | EBFT CE < SFT CE | supported | -0.1000 [-0.1200, -0.0800] | ±0.0286 |" in text
+    assert "| t | EBFT CE < RLVR CE | not measured | – | – |" in text
+    assert "- t, EBFT > SFT on pass@1: inconclusive; a true difference smaller than about 0.0429" in text
+    assert "EBFT CE < SFT CE: inconclusive" not in text
+
+
 def test_training_curves_are_collected_and_redrawn_from_curves_csv(tmp_path, cli_env):
     runs = tmp_path / "runs"
     (runs / "ebft/qa_code").mkdir(parents=True)
