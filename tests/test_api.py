@@ -337,3 +337,50 @@ def test_an_interrupted_run_resumes_with_every_evaluation_once(tiny_model_dir, r
     resumed.train(resume_from_checkpoint=True)
     assert eval_rows(tmp_path / "killed") == eval_rows(tmp_path / "straight")
     assert [r["step"] for r in eval_rows(tmp_path / "straight")][::3] == ["0", "1", "2", "3", "4"]
+
+
+TWO_PROCESS_RUN = """
+import json, sys
+from ebft import EBFTConfig, EBFTTrainer
+from ebft.config import HumanEvalSource
+from ebft.data import human_eval_split
+from peft import LoraConfig
+
+model, out = sys.argv[1], sys.argv[2]
+records = human_eval_split(HumanEvalSource(heldout=64), 43)[0][:10]
+settings = json.loads(sys.argv[3])
+lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+trainer = EBFTTrainer(model, args=EBFTConfig(output_dir=out, **settings), train_dataset=records[:8],
+                      eval_dataset=records[8:], peft_config=lora)
+trainer.train()
+trainer.save_model()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_as_one(tiny_model_dir, tmp_path, cli_env):
+    """The library under `accelerate launch` with 2 CPU processes (gloo) against 1 process, evaluating during training:
+    the same training rows, evaluations and budgets (each process takes half of every global batch; every process
+    evaluates, the first writes)."""
+    script = tmp_path / "run.py"
+    script.write_text(TWO_PROCESS_RUN)
+    settings = json.dumps({**SMALL, "max_steps": 2, "eval_every": 1, "eval_max_chunks": 2})
+    for procs in (1, 2):
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "config/accelerate/ddp.yaml"),
+                  "--num_processes", "2"] if procs == 2 else []  # fmt: skip
+        proc = subprocess.run([sys.executable, *launch, str(script), str(tiny_model_dir), str(tmp_path / f"p{procs}"),
+                               settings], capture_output=True, text=True, env=cli_env, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (tmp_path / "p1", tmp_path / "p2")
+    assert json.loads((two / "train_summary.json").read_text())["processes"] == 2
+    for a, b in zip(rows_of(one), rows_of(two), strict=True):
+        assert a["step"] == b["step"]
+        for key in ("reward", "ce", "loss", "grad_norm", "lr"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), key
+    ev1, ev2 = eval_rows(one), eval_rows(two)
+    assert [(r["step"], r["metric"]) for r in ev1] == [(r["step"], r["metric"]) for r in ev2]
+    assert {r["step"] for r in ev1} == {"0", "1", "2"} and {"val_ce", "fm_loss"} <= {r["metric"] for r in ev1}
+    for a, b in zip(ev1, ev2, strict=True):
+        assert (a["gt_tokens"], a["rollout_tokens"], a["train_flops"]) == (b["gt_tokens"], b["rollout_tokens"],
+                                                                           b["train_flops"])  # fmt: skip
+        assert float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-4, abs=1e-5), (a["step"], a["metric"])
