@@ -164,7 +164,7 @@ def _download(repo_id: str, revision: str | None, out: Path, *, offline: bool) -
 def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
-    _check_model_dir(model_dir)
+    check_model_dir(model_dir)
     with _loading(model_dir, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(model_dir)
     return ready_tokenizer(tok, f"the tokenizer in {model_dir}")
@@ -191,7 +191,7 @@ def load_causal_lm(model_dir: Path, *, dropout: float | None = None, dtype=torch
 
     if attention not in ATTENTION:
         raise UserError(f"attention {attention!r} is not available; choose one of {', '.join(ATTENTION)}.")
-    _check_model_dir(model_dir)
+    check_model_dir(model_dir)
     with _loading(model_dir, "config"):
         config = AutoConfig.from_pretrained(model_dir)
     if dropout is not None:
@@ -234,7 +234,7 @@ def require_supported(model_or_config, what: str = "EBFT") -> None:
 REPAIR = "rerun 'ebft prepare-model' (or the workflow's prepare_model rule, or the training rule that wrote it)"
 
 
-def _check_model_dir(model_dir: Path) -> None:
+def check_model_dir(model_dir: Path) -> None:
     if not isinstance(model_dir, (str, os.PathLike)):
         raise UserError(f"a model folder was expected, but got a {type(model_dir).__name__}; pass the folder, or pass "
                         f"the model object to ebft.EBFTTrainer(model=...).")  # fmt: skip
@@ -257,26 +257,42 @@ def _loading(model_dir: Path, what: str):
 
 
 def make_trainable(model, cfg: FinetuneConfig):
-    """Wrap ``model`` with LoRA adapters (only they train) or leave every weight trainable; with gradient
-    checkpointing, each layer's activations are recomputed in the backward pass (non-reentrant, so LoRA's frozen
-    inputs need no gradient). Sampling under ``torch.no_grad`` keeps its KV cache."""
-    if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
+    """Wrap ``model`` with LoRA adapters (only they train) or leave every weight trainable, as a profile's ``finetune``
+    section says (:func:`prepare_trainable` with :func:`lora_config`)."""
+    return prepare_trainable(model, lora_config(cfg), cfg.gradient_checkpointing)
 
-        lora = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
-    if cfg.mode == "full":
-        model.requires_grad_(True)
+
+def lora_config(finetune: FinetuneConfig):
+    """The ``peft.LoraConfig`` of a profile's ``finetune`` section (None for full fine-tuning)."""
+    if finetune.mode == "full":
+        return None
+    if finetune.mode != "lora":
+        raise ValueError(f"unknown finetune mode {finetune.mode!r}; choose 'lora' or 'full'")
+    from peft import LoraConfig
+
+    lora = finetune.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      task_type="CAUSAL_LM")  # fmt: skip
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def prepare_trainable(model, peft_config, gradient_checkpointing: bool):
+    """Adapters from ``peft_config`` (LoRA or any peft method) around ``model`` (only they train), a peft model's own
+    adapters, or every weight (full fine-tuning). With gradient checkpointing, each layer's activations are recomputed
+    in the backward pass (non-reentrant, so LoRA's frozen inputs need no gradient); sampling under ``torch.no_grad``
+    keeps its KV cache."""
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config)
+    if is_peft_model(model):
         return model
-    raise ValueError(f"unknown finetune mode {cfg.mode!r}; choose 'lora' or 'full'")
+    return model.requires_grad_(True)
 
 
 def save_checkpoint(model, tokenizer, out: Path, mode: str) -> None:

@@ -59,9 +59,13 @@ from ebft.models import (
     ATTENTION,
     autocast_dtype,
     autocast_of,
+    check_model_dir,
     frozen_weights_cast,
+    is_peft_model,
     load_causal_lm,
     load_tokenizer,
+    lora_config,
+    prepare_trainable,
     ready_tokenizer,
     require_supported,
     save_checkpoint,
@@ -133,7 +137,7 @@ class EBFTTrainer:
                                                     args.document_mask)  # (N, NB)  # fmt: skip
         if feature_model is model:
             feature_model = None  # the policy's own starting weights: what the default gives
-        is_peft = _is_peft(policy)
+        is_peft = is_peft_model(policy)
         if is_peft and peft_config is not None:
             raise UserError("model is already a peft model with adapters, and peft_config asks for more; pass "
                             "peft_config=None to train its adapters, or pass the plain model.")  # fmt: skip
@@ -142,7 +146,7 @@ class EBFTTrainer:
         if not self.is_peft and (feature_model is None or args.kl_coef > 0):
             start_copy = _frozen(copy.deepcopy(policy))  # the starting model, before any update
         torch.manual_seed(args.seed)  # LoRA's initialisation
-        self.model = _trainable(policy, peft_config, args.gradient_checkpointing).eval()
+        self.model = prepare_trainable(policy, peft_config, args.gradient_checkpointing).eval()
         if feature_model is not None:
             self.frozen = _frozen(_load_model(feature_model, args.attention, "feature_model"))
             require_supported(self.frozen, "EBFT's feature network")
@@ -151,10 +155,11 @@ class EBFTTrainer:
             self.frozen = None if self.is_peft else start_copy
             self.feature_source = "policy with adapter disabled" if self.is_peft else "frozen copy of the start"
         self.kl_ref = start_copy if args.kl_coef > 0 and not self.is_peft else None
-        if self.frozen is not None and self.frozen.get_input_embeddings().weight.shape[0] < len(self.processing_class):
-            raise UserError(f"feature_model's vocabulary ({self.frozen.get_input_embeddings().weight.shape[0]} tokens) "
-                            f"is smaller than the tokenizer's ({len(self.processing_class)}); give a feature network "
-                            f"that shares the policy's tokenizer, such as its base model.")  # fmt: skip
+        vocabulary = self.frozen.get_input_embeddings().weight.shape[0] if self.frozen is not None else None
+        if vocabulary is not None and vocabulary < len(self.processing_class):
+            raise UserError(f"feature_model's vocabulary ({vocabulary} tokens) is smaller than the tokenizer's "
+                            f"({len(self.processing_class)}); give a feature network that shares the policy's "
+                            f"tokenizer, such as its base model.")  # fmt: skip
         self.start_fingerprint = weights_fingerprint(self.model, self.frozen)
         self.run_id: str | None = None  # what identifies the settings (the workflow's job hash); None: args + peft
         self._halt_after: int | None = None
@@ -353,11 +358,17 @@ class EBFTTrainer:
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if data is None:
             raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
+        return self._record_evaluation(self._held_out_rows(self._eval_chunks(data)), self.state.global_step,
+                                       metric_key_prefix)  # fmt: skip
+
+    def _record_evaluation(self, rows: list[dict], step: int, prefix: str = "eval") -> dict:
+        """Evaluation rows as ``{"<prefix>_<metric>": value, …_ci_low, …_ci_high}``, appended to the log history at
+        ``step`` and passed to the callbacks' ``on_evaluate``."""
         metrics = {}
-        for r in self._held_out_rows(self._eval_chunks(data)):
-            key = f"{metric_key_prefix}_{r['metric']}"
+        for r in rows:
+            key = f"{prefix}_{r['metric']}"
             metrics.update({key: r["value"], f"{key}_ci_low": r["ci_low"], f"{key}_ci_high": r["ci_high"]})
-        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        self.state.log_history.append({**metrics, "step": step})
         self._event("on_evaluate", metrics=metrics)
         return metrics
 
@@ -397,9 +408,7 @@ class EBFTTrainer:
                 writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
                 writer.writeheader()
                 writer.writerows(evals)
-        metrics = {f"eval_{r['metric']}": r["value"] for r in new}
-        self.state.log_history.append({**metrics, "step": step})
-        self._event("on_evaluate", metrics=metrics)
+        self._record_evaluation(rows, step)
 
     def _step_budget(self) -> dict:
         """Rollout tokens and the training-compute estimate of one optimiser step (docs/method.md §6): FLOPs ≈ 2 × the
@@ -426,10 +435,6 @@ def _config(args) -> EBFTConfig:
                           "output_dir=...) or an ebft.EBFTConfig.")  # fmt: skip
     raise ConfigError(f"args is a {type(args).__name__}; pass an ebft.EBFTConfig (TRL's and transformers' configs "
                       f"name other settings: see docs/custom.md).")  # fmt: skip
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
 
 def _load_model(spec, attention: str, what: str):
@@ -488,33 +493,6 @@ def _tokenizer(given, spec, model):
 
 def _frozen(model):
     return model.eval().requires_grad_(False)
-
-
-def _trainable(model, peft_config, gradient_checkpointing: bool):
-    """LoRA (or any peft) adapters from ``peft_config`` around ``model``, a peft model's own adapters, or every weight
-    (full fine-tuning); with gradient checkpointing, activations are recomputed in the backward pass."""
-    if gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        return get_peft_model(model, peft_config)
-    if _is_peft(model):
-        return model
-    return model.requires_grad_(True)
-
-
-def lora_config(finetune: FinetuneConfig):
-    """The ``peft.LoraConfig`` of a profile's ``finetune`` section (None for full fine-tuning)."""
-    if finetune.mode == "full":
-        return None
-    if finetune.mode != "lora":
-        raise ValueError(f"unknown finetune mode {finetune.mode!r}; choose 'lora' or 'full'")
-    from peft import LoraConfig
-
-    lora = finetune.lora
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                      task_type="CAUSAL_LM")  # fmt: skip
 
 
 def _plain(obj):
@@ -590,7 +568,8 @@ def train_ebft(
     args = EBFTConfig.from_section(cfg, output_dir=str(out), chunk_length=chunk_length, seed=seed, precision=precision,
                                    attention=attention,
                                    gradient_checkpointing=finetune.gradient_checkpointing)  # fmt: skip
-    tokenizer, _ = load_tokenizer(start_dir), load_tokenizer(base_dir)  # each a folder, or one sentence
+    tokenizer = load_tokenizer(start_dir)
+    check_model_dir(base_dir)  # a folder, or one sentence
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
     model = load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention)
     trainer = EBFTTrainer(model, args=args, train_dataset=train_records, processing_class=tokenizer,
@@ -771,7 +750,7 @@ def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int,
     if not accelerator.is_main_process:
         return
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "settings_hash": config_hash(identity), "identity": identity,
+    state = {"step": step, "identity": identity,
              "trainable": _trainable_state(model),
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": torch.get_rng_state(), "rows": list(rows), "extra": extra or {}}  # fmt: skip
@@ -826,7 +805,7 @@ def _unusable(state: dict, identity: dict, trainable: dict) -> str | None:
     if not isinstance(state, dict) or "step" not in state:
         return "it is not an EBFT checkpoint"
     theirs = state.get("identity")
-    if not isinstance(theirs, dict) or state.get("settings_hash") != config_hash(identity):
+    if theirs != identity:
         differ = [IDENTITY[k] for k in IDENTITY if not isinstance(theirs, dict) or theirs.get(k) != identity[k]]
         return f"it was written for {' and '.join(differ) or 'another run'}"
     if "rows" not in state:

@@ -21,8 +21,8 @@ from ebft.config import FinetuneConfig, HumanEvalSource, LoraSettings
 from ebft.data import human_eval_split
 from ebft.errors import ConfigError, UserError
 from ebft.formats import to_records
-from ebft.models import load_causal_lm, load_tokenizer
-from ebft.trainer import TIMINGS, lora_config
+from ebft.models import load_causal_lm, load_tokenizer, lora_config
+from ebft.trainer import TIMINGS
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"c": 8, "s": 8, "G": 8, "n": 3, "beta": 0.5, "lr": 1e-3, "batch_size": 2, "micro_batch_size": None,
