@@ -245,8 +245,14 @@ def train_rlvr(
     seed: int,
     out: Path,
     attention: str = "sdpa",
+    evaluation=None,
+    base_dir: Path | None = None,
 ) -> dict:
-    """Train the policy in ``start_dir`` with RLVR; write the checkpoint, metrics and settings under ``out``."""
+    """Train the policy in ``start_dir`` with RLVR; write the checkpoint, metrics and settings under ``out``.
+
+    ``evaluation`` (:class:`ebft.during.Settings`): held-out evaluations during training into ``out/eval_metrics.csv``
+    (:class:`HeldOutCallback`), the FM loss on the features of the model in ``base_dir`` (default ``start_dir``); they
+    change nothing in training."""
     import datasets
     import pandas as pd
     import trl
@@ -294,6 +300,11 @@ def train_rlvr(
                 log.append({"step": state.global_step, **logs})
                 pd.DataFrame(log).to_csv(out / "train_metrics.csv", index=False)
 
+    callbacks = [CsvLog()]
+    if evaluation is not None:
+        base = Path(base_dir or start_dir)
+        callbacks.append(held_out_callback(evaluation, tokenizer, chunk_length, seed, out, steps, settings, base,
+                                           Path(start_dir), attention, cfg.beta))  # fmt: skip
     extra = {}
     if sampler == "decode":
         dtype = autocast_dtype(precision, torch.device("cuda" if cuda else "cpu")) or torch.float32
@@ -307,7 +318,7 @@ def train_rlvr(
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[CsvLog()],
+        callbacks=callbacks,
         **extra,
     )
     started = time.time()
@@ -319,4 +330,60 @@ def train_rlvr(
         raise RuntimeError(f"RLVR took {trainer.state.global_step} optimiser steps, not EBFT's {steps}")
     save_checkpoint(trainer.model, tokenizer, out, finetune.mode)
     atomic_write(out / "rlvr_settings.yaml", yaml.safe_dump(record, sort_keys=False))  # with its checkpoint
-    return {"steps": trainer.state.global_step, "wall_time_s": wall, "final_reward": log[-1].get("reward")}
+    summary = {"steps": trainer.state.global_step, "wall_time_s": wall, "final_reward": log[-1].get("reward")}
+    if evaluation is not None:
+        summary["budget"] = callbacks[-1].budget
+    return summary
+
+
+def held_out_callback(evaluation, tokenizer, chunk_length, seed, out, steps, settings, base_dir: Path,
+                      start_dir: Path, attention, kl_coef):  # fmt: skip
+    """A TRL callback that evaluates the policy on held-out chunks during training (:mod:`ebft.during`): at step 0,
+    every ``evaluation.every`` steps and at the end, after the step's update, with the budgets spent so far read from
+    TRL's logs. Ground-truth tokens: RLVR reads only the prompts (its answers enter through the reward), so it counts
+    each step's prompt tokens once; rollout tokens: the completions' tokens; compute: :func:`ebft.during.rlvr_flops`
+    over every prompt and completion token; wall time: training's, evaluations excluded."""
+    from transformers import TrainerCallback
+
+    from ebft import during
+    from ebft.features import feature_network
+    from ebft.models import is_peft_model, load_causal_lm
+
+    held_out = evaluation.held_out(tokenizer, chunk_length, seed)
+    plan = during.eval_steps(steps, evaluation.every)
+    evals = during.EvalLog(out)
+    completions_per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
+    generations = settings["num_generations"]
+
+    class HeldOut(TrainerCallback):
+        budget = dict.fromkeys(during.BUDGETS, 0)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.frozen = None
+            if not is_peft_model(model) or base_dir != start_dir:  # else the policy without its adapter is the base
+                self.frozen = load_causal_lm(base_dir, attention=attention).to(model.device).eval()
+                self.frozen.requires_grad_(False)
+            self.started, self.evaluating_s, self.rollout = time.time(), 0.0, 0.0
+            self.params = sum(p.numel() for p in model.parameters())
+            if 0 in plan:
+                self.evaluate(0, model)
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            processed = int(logs["num_tokens"])  # prompt and completion tokens so far, over every process
+            self.rollout += float(logs["completions/mean_length"]) * completions_per_step * args.world_size
+            rollout = int(round(self.rollout))
+            self.budget.update(gt_tokens=(processed - rollout) // generations, rollout_tokens=rollout,
+                               train_flops=during.rlvr_flops(processed, self.params, self.params if kl_coef else 0),
+                               train_wall_s=round(time.time() - self.started - self.evaluating_s, 3))  # fmt: skip
+            if state.global_step in plan:
+                self.evaluate(state.global_step, model)
+
+        def evaluate(self, step, model):
+            t0 = time.time()
+            rows = held_out.rows(model, lambda: feature_network(model, self.frozen), model.device)
+            evals.record(step, rows, self.budget, plan[step])
+            self.evaluating_s += time.time() - t0
+
+    return HeldOut()

@@ -23,14 +23,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import optim
+from ebft import during, optim
 from ebft.config import FinetuneConfig, SFTConfig
+from ebft.features import feature_network
 from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
 from ebft.models import (
     autocast_dtype,
     autocast_of,
     frozen_weights_cast,
+    is_peft_model,
     load_causal_lm,
     load_tokenizer,
     make_trainable,
@@ -52,8 +54,12 @@ def train_sft(
     seed: int,
     out: Path,
     attention: str = "sdpa",
+    evaluation: during.Settings | None = None,
 ) -> dict:
-    """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``."""
+    """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``.
+
+    ``evaluation``: held-out evaluations during training (:mod:`ebft.during`) into ``out/eval_metrics.csv``; they
+    change nothing in training."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -72,7 +78,7 @@ def train_sft(
     tokenizer = load_tokenizer(model_dir)
     chunks = pack_records(train_records, tokenizer, chunk_length)
     targets = target_mask(chunks, sft.loss_on)
-    dataset = torch.utils.data.TensorDataset(chunks.input_ids, targets)
+    dataset = torch.utils.data.TensorDataset(chunks.input_ids, targets, chunks.valid.sum(dim=1))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=sft.batch_size, shuffle=True, drop_last=False,
         generator=torch.Generator().manual_seed(seed),
@@ -88,12 +94,36 @@ def train_sft(
     scheduler = optim.lr_schedule(optimizer, sft, total_steps)  # stepped here, once per optimiser step
 
     log = MetricsLog(out / "train_metrics.csv", METRIC_FIELDS, enabled=accelerator.is_main_process)
+    budget = dict.fromkeys(during.BUDGETS, 0)
+    params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    plan, held_out, evals, frozen, downstream_at = {}, None, None, None, set()
+    if evaluation is not None:
+        held_out = evaluation.held_out(tokenizer, chunk_length, seed)
+        matched = evaluation.matched("sft", len(chunks), chunk_length)
+        plan = during.eval_steps(total_steps, evaluation.every, matched)
+        downstream_at = evaluation.downstream_steps(total_steps, matched)
+        plan.update({k: "" for k in downstream_at if k not in plan})
+        evals = during.EvalLog(out, enabled=accelerator.is_main_process)
+        if not is_peft_model(accelerator.unwrap_model(model)):  # full fine-tuning: the base model's own features
+            frozen = load_causal_lm(model_dir, attention=attention).to(accelerator.device).eval().requires_grad_(False)
+
+    def evaluate(at: int) -> None:
+        policy = accelerator.unwrap_model(model)
+        rows = held_out.rows(policy, lambda: feature_network(policy, frozen), accelerator.device)
+        if at in downstream_at:  # scored once, by the first process; the others wait
+            if accelerator.is_main_process:
+                rows += evaluation.downstream(policy, tokenizer, finetune.mode, out, at)
+            accelerator.wait_for_everyone()
+        evals.record(at, rows, budget, plan[at])
+
     if accelerator.is_main_process:
         print(f"sft: starting at step 0 of {total_steps} (SFT keeps no resumable checkpoint: an interrupted run "
               f"starts again).", file=sys.stderr, flush=True)  # fmt: skip
     bar = tqdm(total=total_steps, desc="sft", disable=not accelerator.is_local_main_process)
     step, epoch, started = 0, 0, time.time()
     with log:
+        if 0 in plan:
+            evaluate(0)
         while step < total_steps:
             batches = iter(loader)
             for within in range(steps_per_epoch):
@@ -101,12 +131,20 @@ def train_sft(
                     break
                 first = within * sft.grad_accum  # index of the step's first micro-batch in the epoch
                 micro = [_real_rows(next(batches), first + j, len(chunks), sft.batch_size, accelerator)
-                         for j in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L))]  # fmt: skip
-                row = sft_step(model, optimizer, scheduler, accelerator, micro, sft.grad_clip)
+                         for j in range(sft.grad_accum)]  # [(ids (b, L), mask (b, L), real tokens (b,))]  # fmt: skip
+                row = sft_step(model, optimizer, scheduler, accelerator, [m[:2] for m in micro], sft.grad_clip)
+                # the global step's real tokens, and its positions (rows × L) without the fillers of several processes
+                real = optim.global_sum(accelerator, torch.stack([torch.stack([m[2].sum(), (m[2] > 0).sum()])
+                                                                  for m in micro]).sum(dim=0))  # fmt: skip
+                budget["gt_tokens"] += int(real[0])
+                budget["train_flops"] += during.sft_step_flops(int(real[1]) * chunk_length, params)
+                budget["train_wall_s"] = round(budget["train_wall_s"] + row["step_time_s"], 3)
                 step += 1
                 row.update(step=step, epoch=epoch)
                 if step % sft.log_every == 0 or step == total_steps:
                     log.write(row)
+                if step in plan:
+                    evaluate(step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             epoch += 1
@@ -126,6 +164,7 @@ def train_sft(
         "mixed_precision": mixed,
         "processes": accelerator.num_processes,
         "wall_time_s": round(time.time() - started, 2),
+        "budget": budget,
         "loss": {"kind": "next-token cross-entropy", "temperature": 1.0, "reduction": "token-weighted mean per step",
                  "targets": sft.loss_on, "padding": "excluded"},
         "sft": asdict(sft),
@@ -136,19 +175,21 @@ def train_sft(
 
 
 def _real_rows(batch, index: int, num_chunks: int, batch_size: int, accelerator):
-    """This process's part of global micro-batch ``index``, with targets only on real rows.
+    """This process's part of global micro-batch ``index`` (ids, targets, real tokens per row), with targets and real
+    tokens only on real rows.
 
     With several processes accelerate fills an epoch's last, short batch up to ``batch_size`` with chunks from the
     epoch's start, so that every process gets rows; those fillers must not count twice, so their targets are
     cleared. One process never gets fillers.
     """
-    ids, mask = batch
+    ids, mask, valid = batch
     real = min(batch_size, num_chunks - index * batch_size)  # rows of the global batch that are data
     share = batch_size // accelerator.num_processes
     position = accelerator.process_index * share + torch.arange(ids.shape[0], device=mask.device)
     if (position >= real).any():
         mask = mask & (position < real)[:, None]
-    return ids, mask
+        valid = valid * (position < real)
+    return ids, mask, valid
 
 
 def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:

@@ -216,6 +216,9 @@ def cmd_train(args, job: Job):
         "attention": job.attention,
     }
     read = {"model_dir": model_dir, "data_dir": data_dir}
+    from ebft.during import from_job
+
+    common["evaluation"] = from_job(job, data_dir)  # held-out evaluations during training, where the profile asks
     if job.method == "sft":
         from baselines.sft import train_sft
 
@@ -234,13 +237,17 @@ def cmd_train(args, job: Job):
 
             summary = train_rlvr(start_dir=start_dir, train_records=records, reward=job.reward,
                                  prompt_format=job.prompt_format, chunk_length=job.chunk_length,
-                                 ebft=job.ebft_config(), cfg=job.rlvr, **common)  # fmt: skip
+                                 ebft=job.ebft_config(), cfg=job.rlvr, base_dir=model_dir, **common)  # fmt: skip
         else:
             from ebft.trainer import train_ebft
 
             summary = train_ebft(base_dir=model_dir, start_dir=start_dir, train_records=records,
                                  chunk_length=job.chunk_length, cfg=job.ebft_config(), settings_hash=job.hash,
                                  **common)  # fmt: skip
+    if common["evaluation"] is None and int(os.environ.get("RANK", "0")) == 0:
+        from ebft.during import EvalLog
+
+        EvalLog(out).write()  # the workflow's outputs: no evaluation during training, so none listed
     write_resolved(out / "resolved_config.yaml", job, **read)  # with the outputs it describes, once they exist
     print(f"{job.method} on {job.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} "
           f"(config {job.hash})")  # fmt: skip
@@ -311,8 +318,10 @@ def cmd_report(args, job: Job | None):
     """Collect records into metrics.csv, tables and figures; or, with --from-csv, redraw tables and figures from a
     metrics.csv alone (no profile needed: they go beside the CSV, or under --out, unless --table/--figures say
     otherwise). Refuses to run with nothing to collect and to write into the results of another profile."""
+    import pandas as pd
+
     from evals.claims import collect_units, read_units
-    from evals.curves import collect_curves, read_curves
+    from evals.curves import collect_curves, held_out_units, read_curves
     from evals.report import check_destination, collect, read_metrics, write_outputs
 
     if args.from_csv:
@@ -332,7 +341,11 @@ def cmd_report(args, job: Job | None):
             )
         df = collect([Path(p) for p in args.inputs], job.profile, job.no_verifier)
         units = collect_units([Path(p) for p in args.inputs], job.profile)
-        curves = collect_curves(args.train_metrics) if args.train_metrics is not None else None
+        matched = held_out_units(args.eval_metrics, job.profile)  # the matched steps' per-chunk values
+        if not matched.empty:
+            units = pd.concat([units, matched], ignore_index=True)
+        curves = (collect_curves(args.train_metrics, args.eval_metrics) if args.train_metrics is not None
+                  else None)  # fmt: skip
         layout = Layout(str(Path(args.out).parent), Path(args.out).name) if args.out else job.layout
         csv_out = Path(args.metrics_csv or layout.metrics_csv)
         units_out = csv_out.with_name("units.csv")
@@ -507,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "beside the --from-csv file)")  # fmt: skip
     sp.add_argument("--train-metrics", nargs="*", help="training runs' train_metrics.csv files, for curves.csv and "
                                                        "figures/training_curves.png")  # fmt: skip
+    sp.add_argument("--eval-metrics", nargs="*", default=[], help="training runs' eval_metrics.csv files (held-out "
+                    "evaluations during training, with eval_units.json beside each), for curves.csv, units.csv and "
+                    "the matched-budget claims")  # fmt: skip
     sp.add_argument("--metrics-csv", help="tidy table to write (default results/<profile>/metrics.csv)")
     sp.add_argument("--table", help="markdown table (default results/<profile>/tables/main.md)")
     sp.add_argument("--figures", help="folder of the per-metric figures (default results/<profile>/figures)")

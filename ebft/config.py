@@ -289,6 +289,24 @@ class SFTConfig(OptimiserSettings):
     loss_on: Literal["all", "answer"] = setting("all", "all real positions (docs/method.md §6), or answer tokens "
                                                        "only")  # fmt: skip
     log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
+    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
+                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
+                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
+                                     omit_none=True)  # fmt: skip
+    downstream_every: int | None = setting(None, "optimiser steps between downstream evaluations during training (the "
+                                                 "task's pass@k or BLEU/chrF++ on a merged copy of the policy), also "
+                                                 "at the steps matched to the other method's budget where both "
+                                                 "evaluate; null: downstream at the end only (the evaluation rules)",
+                                           minimum=1, omit_none=True)  # fmt: skip
+
+    def check(self):
+        _downstream_needs_eval(self)
+
+
+def _downstream_needs_eval(section) -> None:
+    if section.downstream_every is not None and section.eval_every is None:
+        raise FieldError("downstream_every", "downstream evaluations during training go with the held-out ones; set "
+                         "eval_every too")  # fmt: skip
 
 
 @dataclass
@@ -336,8 +354,18 @@ class EBFTConfig(OptimiserSettings):
     checkpoint_every: int = setting(10, "steps between resumable checkpoints (and at the end)", minimum=1)
     log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
     tensorboard: bool = setting(False, "also write TensorBoard logs beside train_metrics.csv")
+    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
+                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
+                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
+                                     omit_none=True)  # fmt: skip
+    downstream_every: int | None = setting(None, "optimiser steps between downstream evaluations during training (the "
+                                                 "task's pass@k or BLEU/chrF++ on a merged copy of the policy), also "
+                                                 "at the steps matched to the other method's budget where both "
+                                                 "evaluate; null: downstream at the end only (the evaluation rules)",
+                                           minimum=1, omit_none=True)  # fmt: skip
 
     def check(self):
+        _downstream_needs_eval(self)
         if self.beta > 0 and self.n <= 2:
             raise FieldError("n", "β > 0 needs n ≥ 3 rollouts (the diversity baseline divides by n − 2)")
 
@@ -368,6 +396,10 @@ class RLVRConfig(Section):
     reward_timeout: float = setting(3.0, "seconds per sandboxed test program", exclusiveMinimum=0)
     reward_memory_mb: int = setting(1024, "address-space limit of each sandboxed test program, MB", minimum=64)
     reward_workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
+    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
+                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
+                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
+                                     omit_none=True)  # fmt: skip
 
     def check(self):
         if self.sampler == "decode" and self.algorithm != "grpo":

@@ -80,9 +80,6 @@ class EBFTConfig(config.EBFTConfig):
                                    "'none' or 'csv' for nothing more")  # fmt: skip
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward pass")
     eval_max_chunks: int | None = setting(None, "evaluate(): the first held-out chunks scored; null: all", minimum=1)
-    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations of eval_dataset during "
-                                           "train(), also at step 0 and at the end (eval_metrics.csv; training is "
-                                           "unchanged by them); null: none", minimum=1)  # fmt: skip
     hub_model_id: str | None = setting(None, "push_to_hub(): the repository; null: the output folder's name")
     beta: float = setting(0.0, "diversity coefficient of the reward (α·alignment − β·diversity; needs n ≥ 3 when > "
                                "0); not TRL's beta, the KL coefficient, which is kl_coef here", minimum=0)  # fmt: skip

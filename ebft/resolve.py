@@ -57,6 +57,7 @@ EVAL_KINDS = ("ce", "fm", "code", "translation")  # validation CE, held-out FM l
 FM_EBFT_FIELDS = ("c", "s", "G", "temperature", "top_p", "feature_layers", "pooling", "answer_only", "document_mask")
 RLVR_EBFT_FIELDS = ("n", "batch_size", "max_steps", "epochs", "lr", "scheduler", "warmup_ratio", "betas",
                     "weight_decay", "grad_clip", "init")  # fmt: skip
+MATCH_EBFT_FIELDS = ("n", "batch_size", "max_steps", "epochs", "kl_coef")  # with c, s, G: EBFT's step plan and budgets
 HASH_EXCLUDES = ("profile", "results_dir", "offline")  # where results go and how models are fetched
 
 
@@ -308,22 +309,55 @@ class Study:
         if point is not None and point.same_as:
             return self._train_job(base, spec, point.same_as)  # the method's run is this point
         if point is not None:
+            evaluate = {"ce": spec.eval.ce, "fm": spec.eval.fm} if point.ebft.eval_every is not None else {}
             return Job(**base, method="ebft", finetune=self.profile.finetune, ebft=plain(point.ebft),
-                       start=self.start(spec.name, point), run=point.id)  # fmt: skip
+                       start=self.start(spec.name, point), run=point.id, **evaluate)  # fmt: skip
         if method not in METHODS:
             raise UserError(f"training method {method!r} is not available; choose one of {', '.join(METHODS)}.")
         if method == "rlvr" and spec.reward == "none":
             raise UserError(f"{spec.name} has no verifiable reward (tasks.{spec.name}.reward is 'none'), so RLVR "
                             f"cannot train on it; set a reward or drop rlvr for this task.")  # fmt: skip
         train = {**base, "method": method, "finetune": self.profile.finetune}
+        # evaluation during training (the method's eval_every): the evaluations' settings, the task's strided layout
+        # for the FM loss and, where SFT and EBFT both evaluate, the other method's step plan, so that each evaluates
+        # at the steps matched to the other's budget (ebft.during.matched_steps)
+        section = {"sft": spec.sft, "ebft": spec.ebft, "rlvr": spec.rlvr}[method]
+        evaluate = {"ce": spec.eval.ce, "fm": spec.eval.fm} if section.eval_every is not None else {}
+        matched = bool(evaluate) and self.matched(spec.name)
+        if method != "rlvr" and section.downstream_every is not None:
+            evaluate.update(self._downstream(spec))
         if method == "sft":
-            return Job(**train, sft=spec.sft)
+            fields = (FM_EBFT_FIELDS + MATCH_EBFT_FIELDS) if matched else FM_EBFT_FIELDS
+            layout = {k: getattr(spec.ebft, k) for k in fields} if evaluate else None
+            return Job(**train, sft=spec.sft, ebft=layout, **evaluate)
         start = self.start(spec.name)
         if method == "ebft":
-            return Job(**train, ebft=plain(spec.ebft), start=start)
-        shared = {k: getattr(spec.ebft, k) for k in RLVR_EBFT_FIELDS}
+            return Job(**train, ebft=plain(spec.ebft), start=start, sft=spec.sft if matched else None, **evaluate)
+        shared = {k: getattr(spec.ebft, k) for k in RLVR_EBFT_FIELDS + (FM_EBFT_FIELDS if evaluate else ())}
         return Job(**train, ebft=shared, rlvr=spec.rlvr, reward=spec.reward, prompt_format=spec.model.prompt_format,
-                   start=start)  # fmt: skip
+                   start=start, **evaluate)  # fmt: skip
+
+    def evaluates_during_training(self) -> bool:
+        """Whether any method's run on any task evaluates during training (its ``eval_every``)."""
+        return any({"sft": spec.sft, "ebft": spec.ebft, "rlvr": spec.rlvr}[m].eval_every is not None
+                   for spec in map(self.task, self.tasks) for m in self.trained(spec.name))  # fmt: skip
+
+    def _downstream(self, spec: Task) -> dict:
+        """A train job's settings for downstream evaluations during training (``downstream_every``): the task's."""
+        out = {}
+        if spec.code_eval != "none":
+            out.update(code=spec.eval.code, code_eval=spec.code_eval, prompt_format=spec.model.prompt_format)
+        if spec.translation_eval != "none":
+            out.update(translation=spec.eval.translation, prompt_format=spec.model.prompt_format)
+        return out
+
+    def matched(self, task: str) -> bool:
+        """Whether SFT and EBFT both train on ``task`` and both evaluate during training: then each also evaluates at
+        the steps where it has spent the other's whole budget (ground-truth tokens, compute)."""
+        spec = self.task(task)
+        methods = self.trained(task)
+        return ("sft" in methods and "ebft" in methods and spec.sft.eval_every is not None
+                and spec.ebft.eval_every is not None)  # fmt: skip
 
     def _eval_job(self, base: dict, spec: Task, method: str | None, kind: str | None) -> Job:
         job = self._eval_settings(base, spec, method, kind)

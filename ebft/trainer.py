@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import optim, scoring, strided
+from ebft import during, optim, scoring, strided
 from ebft.config import EBFTConfig as EBFTSection
 from ebft.config import FinetuneConfig, config_hash
 from ebft.ebft_config import EBFTConfig
@@ -82,8 +82,7 @@ EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on
 # other values
 UNIDENTIFYING = ("output_dir", "report_to", "tensorboard", "log_every", "checkpoint_every", "eval_max_chunks",
                  "eval_every", "hub_model_id")  # fmt: skip
-BUDGETS = ["gt_tokens", "rollout_tokens", "train_flops", "train_wall_s"]  # cumulative, at each evaluation
-EVAL_FIELDS = ["step", "metric", "value", "ci_low", "ci_high", "n", *BUDGETS]
+BUDGETS, EVAL_FIELDS = during.BUDGETS, during.EVAL_FIELDS
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -163,6 +162,11 @@ class EBFTTrainer:
         self.start_fingerprint = weights_fingerprint(self.model, self.frozen)
         self.run_id: str | None = None  # what identifies the settings (the workflow's job hash); None: args + peft
         self._halt_after: int | None = None
+        # the workflow's evaluation settings (CE and FM configs) and the steps matched to SFT's budgets
+        self._eval_settings: tuple | None = None
+        self._matched: dict[str, int] = {}
+        self._downstream: during.Settings | None = None  # the workflow's downstream evaluations during training
+        self._downstream_at: set[int] = set()
         self.peft_settings = _plain(peft_config.to_dict()) if peft_config is not None else None
         self.callbacks = [cb() if isinstance(cb, type) else cb for cb in (callbacks or [])]
         self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
@@ -239,16 +243,20 @@ class EBFTTrainer:
                 m.to(accelerator.device)
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         identity = self.identity()
-        eval_chunks = None
-        if args.eval_every is not None:
+        held_out, plan = None, {}
+        if args.eval_every is not None or self._matched:
             if self.eval_dataset is None:
                 raise UserError("eval_every is set but the trainer has no eval_dataset; pass one, or set "
                                 "eval_every=None.")  # fmt: skip
-            eval_chunks = self._eval_chunks(self.eval_dataset)
+            held_out = self._held_out_spec(self.eval_dataset)
+            plan = during.eval_steps(total_steps, args.eval_every, self._matched)
+            if self._downstream is not None:
+                self._downstream_at = self._downstream.downstream_steps(total_steps, self._matched)
+                plan.update({k: "" for k in self._downstream_at if k not in plan})
         step, rows, extra = _resume(accelerator, source, model, optimizer, scheduler, identity,
                                     strict=resume_from_checkpoint != "auto")  # fmt: skip
         budget = dict(extra.get("budget") or dict.fromkeys(BUDGETS, 0))
-        evals = list(extra.get("evals") or [])
+        evals = during.EvalLog(out, extra.get("evals"), enabled=accelerator.is_main_process)
         per_step = self._step_budget()
         if accelerator.is_main_process:
             where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"
@@ -266,8 +274,8 @@ class EBFTTrainer:
         started, stopped = time.time(), False
         with log:
             self._event("on_train_begin")
-            if eval_chunks is not None and step == 0 and not evals:
-                self._held_out(eval_chunks, 0, budget, evals, out)
+            if 0 in plan and 0 not in evals.steps:
+                self._held_out(held_out, 0, budget, evals, plan[0])
             while step < total_steps:
                 epoch, within = divmod(step, steps_per_epoch)
                 if within == 0:
@@ -296,12 +304,12 @@ class EBFTTrainer:
                     self._event("on_log", logs=dict(log.rows[-1]))
                 if step % steps_per_epoch == 0:
                     self._event("on_epoch_end")
-                if eval_chunks is not None and (step % args.eval_every == 0 or step == total_steps):
-                    self._held_out(eval_chunks, step, budget, evals, out)
+                if step in plan:
+                    self._held_out(held_out, step, budget, evals, plan[step])
                 stopped = self.control.should_training_stop and step < total_steps
                 if step % args.checkpoint_every == 0 or step == total_steps or stopped or self.control.should_save:
                     _save_state(accelerator, checkpoint, model, optimizer, scheduler, step, identity, log.rows,
-                                {"budget": budget, "evals": evals})  # fmt: skip
+                                {"budget": budget, "evals": evals.rows})  # fmt: skip
                     self.control.should_save = False
                     self._event("on_save")
                 bar.update(1)
@@ -358,8 +366,11 @@ class EBFTTrainer:
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if data is None:
             raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
-        return self._record_evaluation(self._held_out_rows(self._eval_chunks(data)), self.state.global_step,
-                                       metric_key_prefix)  # fmt: skip
+        spec = self._held_out_spec(data)
+        device = self.accelerator.device
+        model = self.accelerator.unwrap_model(self.model).to(device)
+        rows = spec.rows(model, lambda: feature_network(model, self.frozen), device)
+        return self._record_evaluation(rows, self.state.global_step, metric_key_prefix)
 
     def _record_evaluation(self, rows: list[dict], step: int, prefix: str = "eval") -> dict:
         """Evaluation rows as ``{"<prefix>_<metric>": value, …_ci_low, …_ci_high}``, appended to the log history at
@@ -372,42 +383,34 @@ class EBFTTrainer:
         self._event("on_evaluate", metrics=metrics)
         return metrics
 
-    def _eval_chunks(self, data) -> PackedChunks:
+    def _held_out_spec(self, data) -> during.HeldOut:
+        """The held-out chunks of ``data`` and the evaluations' settings: the workflow's (``_eval_settings``), else
+        every chunk up to ``eval_max_chunks``, scored with the run's n rollouts."""
+        from ebft.config import CEEvalConfig, FMEvalConfig
+
         chunks = self._pack(data, "eval_dataset")
-        if self.args.eval_max_chunks is not None:
-            chunks = chunks.subset(slice(0, self.args.eval_max_chunks))
-        return chunks
+        if self._eval_settings is not None:
+            ce, fm = self._eval_settings
+        else:
+            if self.args.eval_max_chunks is not None:
+                chunks = chunks.subset(slice(0, self.args.eval_max_chunks))
+            ce, fm = CEEvalConfig(max_chunks=None), FMEvalConfig(max_chunks=None, n=self.args.n)
+        return during.HeldOut(chunks, ce, fm, self.args.section(), self.args.seed)
 
     @torch.no_grad()
-    def _held_out_rows(self, chunks: PackedChunks) -> list[dict]:
-        """The evaluations' rows (metric, value, interval, counts) of the model as it is, in fp32: nothing they do
-        draws from a random stream that training uses, and the model leaves them as it came."""
-        from ebft.config import CEEvalConfig, FMEvalConfig
-        from evals.ce import ce_rows
-        from evals.fm import fm_rows
-
+    def _held_out(self, spec: during.HeldOut, step: int, budget: dict, evals: during.EvalLog, matched: str) -> None:
+        """An evaluation during training, in fp32, with the step and the budgets spent so far: recorded in ``evals``
+        (``eval_metrics.csv``, ``eval_units.json``) and passed to the callbacks."""
         device = self.accelerator.device
         model = self.accelerator.unwrap_model(self.model).to(device)
-        rows = ce_rows(model, chunks, CEEvalConfig(max_chunks=None), seed=self.args.seed, device=device)
-        fm = FMEvalConfig(max_chunks=None, n=self.args.n)
-        rows += fm_rows(model, lambda: feature_network(model, self.frozen), chunks, self.args.section(), fm,
-                        seed=self.args.seed, device=device)  # fmt: skip
-        return rows
-
-    def _held_out(self, chunks: PackedChunks, step: int, budget: dict, evals: list[dict], out: Path) -> None:
-        """An evaluation during training: its rows, with the step and the budgets spent so far, appended to ``evals``
-        and written whole to ``out/eval_metrics.csv``."""
-        rows = self._held_out_rows(chunks)
-        new = [{"step": step, **{k: r[k] for k in ("metric", "value", "ci_low", "ci_high", "n")}, **budget}
-               for r in rows]  # fmt: skip
-        evals.extend(new)
-        if self.accelerator.is_main_process:
-            import csv
-
-            with (out / "eval_metrics.csv").open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
-                writer.writeheader()
-                writer.writerows(evals)
+        rows = spec.rows(model, lambda: feature_network(model, self.frozen), device)
+        if step in self._downstream_at:  # scored once, by the first process; the others wait
+            if self.accelerator.is_main_process:
+                mode = "lora" if self.is_peft else "full"
+                rows += self._downstream.downstream(model, self.processing_class, mode, Path(self.args.output_dir),
+                                                    step)  # fmt: skip
+            self.accelerator.wait_for_everyone()
+        evals.record(step, rows, budget, matched)
         self._record_evaluation(rows, step)
 
     def _step_budget(self) -> dict:
@@ -421,8 +424,8 @@ class EBFTTrainer:
         policy = sum(p.numel() for p in self.model.parameters())
         features = sum(p.numel() for p in self.frozen.parameters()) if self.frozen is not None else policy
         reference = sum(p.numel() for p in self.kl_ref.parameters()) if self.kl_ref is not None else policy
-        per_token = 2 * 2 * policy + 4 * policy + 2 * features + (2 * reference if args.kl_coef > 0 else 0)
-        return {"rollout_tokens": sequences * NB * args.G, "train_flops": float(sequences * S * per_token)}
+        flops = during.ebft_step_flops(sequences, S, policy, features, reference if args.kl_coef > 0 else 0)
+        return {"rollout_tokens": sequences * NB * args.G, "train_flops": flops}
 
 
 def _config(args) -> EBFTConfig:
@@ -556,7 +559,7 @@ def _checkpoint_source(resume, checkpoint: Path) -> Path:
 def train_ebft(
     *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
     cfg: EBFTSection, precision: str, seed: int, out: Path, settings_hash: str | None = None,
-    halt_after: int | None = None, attention: str = "sdpa",
+    halt_after: int | None = None, attention: str = "sdpa", evaluation: during.Settings | None = None,
 ) -> dict:  # fmt: skip
     """One EBFT run of the workflow, from folders: :class:`EBFTTrainer` on the model in ``start_dir`` (features from
     ``base_dir``), writing ``out``; resumes a checkpoint in ``out/checkpoint`` written by the same settings, data and
@@ -564,6 +567,8 @@ def train_ebft(
 
     ``settings_hash`` identifies the settings (:attr:`ebft.resolve.Job.hash`; by default a hash of these arguments).
     ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
+    ``evaluation``: the workflow's evaluations during training (:mod:`ebft.during`; ``cfg.eval_every``), with its
+    settings and at the steps matched to SFT's budgets.
     """
     args = EBFTConfig.from_section(cfg, output_dir=str(out), chunk_length=chunk_length, seed=seed, precision=precision,
                                    attention=attention,
@@ -573,9 +578,14 @@ def train_ebft(
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
     model = load_causal_lm(start_dir, dropout=finetune.model_dropout, attention=attention)
     trainer = EBFTTrainer(model, args=args, train_dataset=train_records, processing_class=tokenizer,
+                          eval_dataset=evaluation.records if evaluation is not None else None,
                           peft_config=lora_config(finetune),
                           feature_model=base_dir if separate_features else None)  # fmt: skip
     trainer._halt_after = halt_after
+    if evaluation is not None:
+        trainer._eval_settings = (evaluation.ce, evaluation.fm)
+        trainer._downstream = evaluation if evaluation.judge is not None else None
+        trainer._matched = evaluation.matched("ebft", len(trainer.chunks), chunk_length)
     trainer.run_id = settings_hash or config_hash({"finetune": finetune, "ebft": cfg, "chunk_length": chunk_length,
                                                    "precision": precision, "seed": seed,
                                                    "attention": attention})  # fmt: skip

@@ -50,18 +50,21 @@ def collect_units(eval_files: list[Path], profile: str) -> pd.DataFrame:
     for path in eval_files:
         rec = json.loads(Path(path).read_text())
         for m in rec["metrics"]:
-            if "unit_stats" in m:  # translation: one unit per sentence, its sacreBLEU statistics
-                rows += [{"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
-                          "unit": f"{d}:{i}", "num": None, "den": None, "stats": json.dumps(st)}
-                         for d, sentences in m["unit_stats"].items() for i, st in enumerate(sentences)]  # fmt: skip
-                continue
-            if "unit_num" not in m:
-                continue
-            ids = m.get("unit_ids") or list(range(len(m["unit_num"])))
-            rows += [{"profile": profile, "task": rec["task"], "method": rec["method"], "metric": m["metric"],
-                      "unit": str(u), "num": n, "den": d, "stats": None}
-                     for u, n, d in zip(ids, m["unit_num"], m["unit_den"], strict=True)]  # fmt: skip
+            rows += unit_rows(profile, rec["task"], rec["method"], m)
     return pd.DataFrame(rows, columns=UNIT_COLUMNS)
+
+
+def unit_rows(profile: str, task: str, method: str, m: dict) -> list[dict]:
+    """The units.csv rows of one metric row that keeps per-unit values (none where it keeps none)."""
+    if m.get("unit_stats"):  # translation: one unit per sentence, its sacreBLEU statistics
+        return [{"profile": profile, "task": task, "method": method, "metric": m["metric"], "unit": f"{d}:{i}",
+                 "num": None, "den": None, "stats": json.dumps(st)}
+                for d, sentences in m["unit_stats"].items() for i, st in enumerate(sentences)]  # fmt: skip
+    if m.get("unit_num") is None:
+        return []
+    ids = m.get("unit_ids") or list(range(len(m["unit_num"])))
+    return [{"profile": profile, "task": task, "method": method, "metric": m["metric"], "unit": str(u), "num": n,
+             "den": d, "stats": None} for u, n, d in zip(ids, m["unit_num"], m["unit_den"], strict=True)]  # fmt: skip
 
 
 def read_units(path: Path) -> pd.DataFrame:
@@ -90,7 +93,7 @@ def paired(units: pd.DataFrame, task: str, metric: str, a: str, b: str, *, resam
     ga, gb = sub[sub.method == a].set_index("unit"), sub[sub.method == b].set_index("unit")
     if ga.empty or gb.empty or list(ga.index) != list(gb.index):
         return None
-    score = metric.split("[")[0].removesuffix("_greedy")  # bleu, chrf_greedy[de-en] → bleu, chrf
+    score = unmatched(metric).split("[")[0].removesuffix("_greedy")  # bleu, chrf_greedy[de-en]@gt_tokens → …
     if score in CORPUS_SCORES:
         from evals.translation import paired_macro_diff
 
@@ -156,8 +159,69 @@ def claims(metrics_df: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "claim", "verdict", "diff", "ci_low", "ci_high", "detectable"])
 
 
-def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame) -> str:
-    """tables/claims.md: the claims with their verdicts, then every paired difference to SFT and to base."""
+MATCHED = {"gt_tokens": "equal ground-truth tokens", "train_flops": "equal training compute"}
+MATCHED_METRICS = (("val_ce", "EBFT CE < SFT CE"), ("fm_loss", "EBFT FM loss < SFT FM loss"))
+
+
+def unmatched(metric: str) -> str:
+    """The metric of a matched evaluation's units: 'pass@1@gt_tokens' → 'pass@1' (others unchanged)."""
+    head, _, axis = metric.rpartition("@")
+    return head if axis in MATCHED else metric
+
+
+def matched_claims(units: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The claims at matched budgets, per task and budget axis: EBFT against SFT on held-out CE and FM loss, each at
+    the evaluated steps where both have spent the same budget (:func:`ebft.during.matched_steps`; the per-chunk values
+    are the units ``<metric>@<axis>``), judged like the end-of-training claims; ``budgets`` says what each spent."""
+    rows = []
+    lower = metrics.metric("val_ce").lower_is_better
+    for task in dict.fromkeys(units["task"]):
+        at = {unmatched(m) for m in units[units.task == task]["metric"] if unmatched(m) != m}
+        down = [m for m in metrics.table_metrics(at) if metrics.metric(m).kind in metrics.DOWNSTREAM_KINDS]
+        for axis, words in MATCHED.items():
+            if down and not units[(units.task == task) & (units.metric == f"{down[0]}@{axis}")].empty:
+                d = paired(units, task, f"{down[0]}@{axis}", "ebft", "sft")
+                rows.append({"task": task, "claim": f"EBFT > SFT on {down[0]} at {words}",
+                             "verdict": verdict_better(d, metrics.metric(down[0]).lower_is_better),
+                             "diff": None if d is None else d[0], "ci_low": None if d is None else d[1],
+                             "ci_high": None if d is None else d[2],
+                             "detectable": None if d is None else detectable(d[1], d[2]),
+                             "budgets": spent(curves, task, down[0], axis)})  # fmt: skip
+            for metric, claim in MATCHED_METRICS:
+                name = f"{metric}@{axis}"
+                if units[(units.task == task) & (units.metric == name)].empty:
+                    continue
+                d = paired(units, task, name, "ebft", "sft")
+                rows.append({"task": task, "claim": f"{claim} at {words}", "verdict": verdict_better(d, lower),
+                             "diff": None if d is None else d[0], "ci_low": None if d is None else d[1],
+                             "ci_high": None if d is None else d[2],
+                             "detectable": None if d is None else detectable(d[1], d[2]),
+                             "budgets": spent(curves, task, metric, axis)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["task", "claim", "verdict", "diff", "ci_low", "ci_high", "detectable",
+                                       "budgets"])  # fmt: skip
+
+
+def spent(curves: pd.DataFrame | None, task: str, metric: str, axis: str) -> str:
+    """What EBFT and SFT had spent at their evaluations matched on ``axis``: 'EBFT step 16: 8,104; SFT step 4: …'."""
+    if curves is None or "matched" not in curves.columns:
+        return ""
+    parts, values = [], []
+    for method in ("ebft", "sft"):
+        row = curves[(curves.task == task) & (curves.method == method) & (curves.series == metric)
+                     & curves["matched"].fillna("").str.contains(axis)]  # fmt: skip
+        if not row.empty:
+            r = row.iloc[0]
+            value = f"{int(r[axis]):,}" if axis == "gt_tokens" else f"{float(r[axis]):.3g}"
+            parts.append(f"{method.upper()} step {int(r['step'])}: {value}")
+            values.append(float(r[axis]))
+    if len(values) == 2 and min(values) > 0:  # how close the match is: a step of one can exceed the other's run
+        parts.append(f"ratio {values[0] / values[1]:.2f}")
+    return "; ".join(parts)
+
+
+def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame, matched: pd.DataFrame | None = None) -> str:
+    """tables/claims.md: the claims with their verdicts (and, where SFT and EBFT evaluated during training, the claims
+    at matched budgets), then every paired difference to SFT and to base."""
     if table.empty:
         return (
             "No per-unit values were collected (units.csv), so no paired comparison was made; rerun the "
@@ -173,6 +237,22 @@ def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame) -> str:
         if r.verdict == "inconclusive":
             unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
                            f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+    if matched is not None and not matched.empty:
+        lines += ["", "### At matched budgets (held-out, during training)", "", "| task | claim | verdict | difference "
+                  "[95 % CI] | detectable difference | budget spent at the compared evaluations |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in matched.itertuples():
+            cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+            power = "–" if pd.isna(r.diff) else f"±{r.detectable:.4f}"
+            lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} | {power} | {r.budgets} |")
+            if r.verdict == "inconclusive":
+                unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
+                               f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+        lines += ["", "Each method is compared at the evaluation where it had spent the budget the other spends in "
+                  "its whole run (the nearest step; the one with the smaller total at its end)."]  # fmt: skip
+        if not matched["claim"].str.startswith("EBFT > SFT").any():
+            lines[-1] += (" Downstream scores were computed at the end of training only (no `downstream_every`), so "
+                          "no downstream claim is made at matched budgets.")  # fmt: skip
     lines += ["", "The detectable difference is the smallest true difference a comparison detects with 80 % power "
               "at 95 % confidence: (1.96 + 0.84) × its standard error, read from the spread of its paired "
               "interval."]  # fmt: skip

@@ -127,8 +127,10 @@ def summary_figures(kinds) -> list[str]:
 
 def report_figures(study) -> list[str]:
     """Every figure the report draws for ``study`` (an :class:`ebft.resolve.Study`), one workflow job each: a figure
-    per drawn metric, the summary figures, one per sweep, and the training curves where anything is trained."""
+    per drawn metric, the summary figures, one per sweep, the training curves where anything is trained, and the
+    held-out curves against the budgets where a method evaluates during training."""
     kinds = {kind for task in study.tasks for kind in study.eval_kinds(task)}
     names = figure_metrics(kinds, study.code_ks) + summary_figures(kinds)
     names += [f"sweep_{name}" for name in study.profile.sweeps]  # the ablation figure of each sweep
-    return names + (["training_curves"] if any(study.trained(task) for task in study.tasks) else [])
+    names += ["training_curves"] if any(study.trained(task) for task in study.tasks) else []
+    return names + (["heldout_gt_tokens", "heldout_compute"] if study.evaluates_during_training() else [])

@@ -429,6 +429,11 @@ def figure_drawers(df: pd.DataFrame, curves: pd.DataFrame | None = None) -> dict
         from evals.curves import plot_curves
 
         drawers["training_curves"] = partial(plot_curves, curves)
+    from evals.curves import has_held_out, plot_held_out
+
+    if has_held_out(curves):
+        drawers["heldout_gt_tokens"] = partial(plot_held_out, curves, "gt_tokens")
+        drawers["heldout_compute"] = partial(plot_held_out, curves, "train_flops")
     return drawers
 
 
@@ -454,9 +459,10 @@ def write_outputs(df: pd.DataFrame, *, metrics_csv: Path | None, table: Path, fi
         atomic_write(Path(table), markdown_tables(methods))
         atomic_write(Path(latex) if latex else Path(table).with_suffix(".tex"), latex_table(methods))
         if units is not None and claims_table is not None:
-            from evals.claims import claims, claims_markdown, differences
+            from evals.claims import claims, claims_markdown, differences, matched_claims
 
-            atomic_write(Path(claims_table), claims_markdown(claims(methods, units), differences(units)))
+            atomic_write(Path(claims_table), claims_markdown(claims(methods, units), differences(units),
+                                                             matched_claims(units, curves)))  # fmt: skip
     written = []
     for name, draw in drawers.items():
         if name in wanted:

@@ -89,10 +89,14 @@ def test_the_api_run_equals_the_cli_run_bit_for_bit(tiny_model_dir, tmp_path, cl
     args = EBFTConfig.from_section(job.ebft_config(), output_dir=str(tmp_path / "api"), chunk_length=job.chunk_length,
                                    seed=job.seed, precision=job.precision, attention=job.attention)  # fmt: skip
     trainer = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=read_records(data / "train.jsonl"),
+                          eval_dataset=read_records(data / "heldout.jsonl"),
                           peft_config=lora_config(job.finetune))  # fmt: skip
     trainer.train()
     trainer.save_model()
     assert rows_of(tmp_path / "api") == rows_of(cli) and len(rows_of(cli)) == job.ebft_config().max_steps
+    # the smoke profile evaluates during training, the workflow's way (its evaluation settings, the steps matched to
+    # SFT's budgets); the library evaluates every chunk: the same steps, the training unchanged by either
+    assert {r["step"] for r in eval_rows(cli)} == {r["step"] for r in eval_rows(tmp_path / "api")} == {"0", "1", "2"}
     assert same_weights(weights(tmp_path / "api"), weights(cli))
     assert (cli / "adapter").is_dir() and (tmp_path / "api/adapter").is_dir()
 

@@ -235,8 +235,8 @@ def test_a_job_stops_when_the_process_that_started_it_is_killed(flag):
 def test_check_resolves_every_job_of_a_profile_or_names_the_problem(capsys, tmp_path):
     assert main(["check", "--config", SMOKE]) == 0
     assert (
-        "profile 'smoke', 3 tasks, 65 jobs as `snakemake -n` counts them (52 to prepare, train and evaluate; "
-        "collect, tables and 10 figures; all); no problem found."
+        "profile 'smoke', 3 tasks, 67 jobs as `snakemake -n` counts them (52 to prepare, train and evaluate; "
+        "collect, tables and 12 figures; all); no problem found."
     ) in capsys.readouterr().out
     raw = yaml.safe_load(Path(SMOKE).read_text())
     raw["tasks"]["translation"]["chunk_length"] = 8  # fits its own override c = 4, s = 2, G = 4: one block

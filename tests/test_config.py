@@ -277,8 +277,8 @@ def test_cli_reports_a_bad_config_without_traceback(tmp_path, cli_env):
                            "qa_code"], capture_output=True, text=True, env=cli_env, cwd=REPO)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "ebft: error: unknown config key 'sft.warmup'; allowed keys there: batch_size, betas, epochs, grad_accum, "
-        "grad_clip, log_every, loss_on, lr, max_steps, scheduler, warmup_ratio, weight_decay."
+        "ebft: error: unknown config key 'sft.warmup'; allowed keys there: batch_size, betas, downstream_every, epochs, "
+        "eval_every, grad_accum, grad_clip, log_every, loss_on, lr, max_steps, scheduler, warmup_ratio, weight_decay."
     ]
 
 

@@ -80,6 +80,8 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records_for_ddp()))
+    heldout = human_eval_split(HumanEvalSource(heldout=64), 43)[1][:3]  # the smoke profile evaluates during training
+    (data / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
     args = ["-m", "ebft.cli", "train", "--config", str(profile), "--method", method, "--task", "qa_code",
             "--model-dir", str(tiny_model_dir), "--data-dir", str(data)]  # fmt: skip
     runs = {}
@@ -110,6 +112,18 @@ def test_two_processes_take_the_steps_and_learning_rates_of_one(tmp_path, tiny_m
     )
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    # the evaluations during training (every process evaluates, the first writes): the same steps, budgets and values
+    ev1, ev2 = (list(csv.DictReader((tmp_path / f"run{p}/eval_metrics.csv").open())) for p in (1, 2))
+    assert [(r["step"], r["metric"], r["matched"]) for r in ev1] == [
+        (r["step"], r["metric"], r["matched"]) for r in ev2
+    ]
+    assert len({r["step"] for r in ev1}) == len(one) + 1 and any(r["matched"] for r in ev1)
+    for r1, r2 in zip(ev1, ev2, strict=True):
+        assert [int(float(r1[k])) for k in ("gt_tokens", "rollout_tokens")] == [
+            int(float(r2[k])) for k in ("gt_tokens", "rollout_tokens")
+        ]
+        assert float(r1["train_flops"]) == float(r2["train_flops"])
+        assert float(r1["value"]) == pytest.approx(float(r2["value"]), rel=1e-4, abs=1e-5), r1["metric"]
 
 
 def records_for_ddp():

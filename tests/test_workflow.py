@@ -53,7 +53,8 @@ DAGS = {
             [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES, "sweep_gamma"]),
     # a sweep of two runs on unstructured_code, one of which is the ebft run (copied, not retrained)
     "smoke": ({"prepare_model": 1, "train_sweep": 1, "eval_ce": 13, "eval_fm": 13, "eval_code": 9,
-               "eval_translation": 4}, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES, "sweep_ablate"]),
+               "eval_translation": 4}, [*FIGURES, "pass_at_2", *TRANSLATION_FIGURES, "sweep_ablate", "heldout_gt_tokens",
+                                        "heldout_compute"]),  # it evaluates during training
     # the paper's 27 EBFT runs per task, 81 in all: the 3 ebft runs and 78 sweep runs
     "paper": ({"prepare_model": 2, "train_sweep": 78, "eval_ce": 92, "eval_fm": 92, "eval_code": 61,
                "eval_translation": 31}, [*FIGURES, "pass_at_4", *TRANSLATION_FIGURES, "sweep_set1", "sweep_set2"]),
@@ -265,7 +266,8 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     """Regression (interruption): a killed Snakemake left its trainer running, the rerun needed --rerun-incomplete,
     and the resumed EBFT run lost the per-step metrics of the steps before its checkpoint (Snakemake deletes a job's
     declared outputs before rerunning it). Now the trainer stops with Snakemake; after the README's `--unlock`, a plain
-    rerun resumes from the checkpoint and ends with every step's metrics once and an uninterrupted run's weights.
+    rerun resumes from the checkpoint and ends with every step's metrics once and an uninterrupted run's weights, and
+    with every evaluation during training (the smoke profile evaluates each step) once, equal to the uninterrupted run's.
 
     The workflow runs from a copy of its files, so that `--unlock` touches this test's locks only."""
     work = tmp_path / "workflow-copy"
@@ -276,7 +278,7 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     raw = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
     raw["tasks"] = {"qa_code": raw["tasks"]["qa_code"]}
     raw.pop("sweeps")  # its sweep is on unstructured_code
-    raw["ebft"].update(max_steps=6, checkpoint_every=1)
+    raw["ebft"].update(max_steps=8, checkpoint_every=1)  # long enough that the trainer is caught running
     (work / "profile.yaml").write_text(yaml.safe_dump(raw))
 
     def snakemake_cmd(results, *args):
@@ -310,22 +312,26 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     assert not trainer_processes(str(killed)), "the trainer ran on after Snakemake was killed"
     assert not (run_dir / "model").exists()
     done = torch.load(run_dir / "checkpoint/state.pt", weights_only=False)["step"]
-    assert 1 <= done < 6
+    assert 1 <= done < 8
 
     with pytest.raises(AssertionError, match="LockException|locked"):
         run(killed, target.format(killed))
     run(killed, "--unlock")  # the README's recipe after a killed Snakemake
     run(killed, target.format(killed))  # rerun-incomplete comes from the workflow profile
     log = (killed / "smoke/logs/train_ebft/qa_code.log").read_text()
-    resumed = int(re.search(r"ebft: resuming from step (\d+) of 6", log)[1])
+    resumed = int(re.search(r"ebft: resuming from step (\d+) of 8", log)[1])
     assert resumed >= done
 
     def rows(root):
         table = pd.read_csv(root / "smoke/runs/ebft/qa_code/train_metrics.csv")
         return table.drop(columns=TIMINGS)  # the wall-clock columns
 
-    assert list(rows(killed)["step"]) == list(range(1, 7))
+    assert list(rows(killed)["step"]) == list(range(1, 9))
     pd.testing.assert_frame_equal(rows(killed), rows(straight))
+    evals = [pd.read_csv(root / "smoke/runs/ebft/qa_code/eval_metrics.csv").drop(columns="train_wall_s")
+             for root in (killed, straight)]  # fmt: skip
+    assert sorted(set(evals[0]["step"])) == list(range(9))
+    pd.testing.assert_frame_equal(*evals)
     a = safetensors(straight / "smoke/runs/ebft/qa_code/adapter/adapter_model.safetensors")
     b = safetensors(run_dir / "adapter/adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -336,7 +342,8 @@ def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_repo
     from evals.metrics import figure_metrics, summary_figures
 
     kinds = {"ce", "fm", "code", "translation"}
-    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds) + ["training_curves", "sweep_any"]:
+    others = ["training_curves", "sweep_any", "heldout_gt_tokens", "heldout_compute"]
+    for metric in figure_metrics(kinds, [1, 2, 4]) + summary_figures(kinds) + others:
         stem = "pass_at_k" if metric.startswith("pass@") else "sweep" if metric.startswith("sweep_") else metric
         assert (REPO / "workflow/report" / f"{stem}.rst").is_file(), metric
 

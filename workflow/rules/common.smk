@@ -172,6 +172,12 @@ def train_metrics_files():
     return [L.run_dir(m, task) / "train_metrics.csv" for task in TASKS for m in STUDY.trained(task)]
 
 
+def eval_during_files():
+    """Every method's evaluations during training (empty where its eval_every is null): the report's held-out curves
+    and matched-budget claims come from them."""
+    return [L.run_dir(m, task) / "eval_metrics.csv" for task in TASKS for m in STUDY.trained(task)]
+
+
 def figures():
     """The report's figures: one per drawn metric the study produces, and the rest (declared in evals.metrics)."""
     return [L.figure(name) for name in report_figures(STUDY)]

@@ -12,6 +12,8 @@ rule collect:
     input:
         records=eval_records(),
         train=train_metrics_files(),
+        evals=eval_during_files(),
+        eval_units=[path.with_name("eval_units.json") for path in eval_during_files()],
     output:
         csv=L.metrics_csv,
         curves=L.curves_csv,
@@ -21,7 +23,7 @@ rule collect:
     log:
         L.log("collect"),
     shell:
-        "exec {EBFT} report --job {params.job:q} {input.records} --train-metrics {input.train} "
+        "exec {EBFT} report --job {params.job:q} {input.records} --train-metrics {input.train} --eval-metrics {input.evals} "
         "--metrics-csv {output.csv} --outputs csv --stop-with-parent > {log} 2>&1"
 
 
@@ -29,6 +31,7 @@ rule tables:
     input:
         csv=L.metrics_csv,
         units=L.units_csv,
+        curves=L.curves_csv,  # the budgets of the matched-budget claims
     output:
         claims=L.claims_table,
         table=L.main_table,

@@ -6,6 +6,8 @@ rule train_sft:
         model=directory(L.checkpoint("sft", "{task}")),
         metrics=L.run_dir("sft", "{task}") / "train_metrics.csv",
         config=L.run_dir("sft", "{task}") / "resolved_config.yaml",
+        evals=L.run_dir("sft", "{task}") / "eval_metrics.csv",  # evaluations during training (empty without)
+        eval_units=L.run_dir("sft", "{task}") / "eval_units.json",
     params:
         job=train_job("sft"),
         data=lambda wildcards, input: Path(input.train).parent,
@@ -31,6 +33,8 @@ rule train_ebft:
         model=directory(L.checkpoint("ebft", "{task}")),
         metrics=L.run_dir("ebft", "{task}") / "train_metrics.csv",
         config=L.run_dir("ebft", "{task}") / "resolved_config.yaml",
+        evals=L.run_dir("ebft", "{task}") / "eval_metrics.csv",  # evaluations during training (empty without)
+        eval_units=L.run_dir("ebft", "{task}") / "eval_units.json",
     params:
         job=train_job("ebft"),
         data=lambda wildcards, input: Path(input.train).parent,
@@ -57,6 +61,8 @@ rule train_rlvr:
         model=directory(L.checkpoint("rlvr", "{task}")),
         metrics=L.run_dir("rlvr", "{task}") / "train_metrics.csv",
         config=L.run_dir("rlvr", "{task}") / "resolved_config.yaml",
+        evals=L.run_dir("rlvr", "{task}") / "eval_metrics.csv",  # evaluations during training (empty without)
+        eval_units=L.run_dir("rlvr", "{task}") / "eval_units.json",
         settings=L.run_dir("rlvr", "{task}") / "rlvr_settings.yaml",
     params:
         job=train_job("rlvr"),
@@ -83,6 +89,8 @@ rule train_sweep:
         model=directory(L.checkpoint("{run}", "{task}")),
         metrics=L.run_dir("{run}", "{task}") / "train_metrics.csv",
         config=L.run_dir("{run}", "{task}") / "resolved_config.yaml",
+        evals=L.run_dir("{run}", "{task}") / "eval_metrics.csv",  # evaluations during training (empty without)
+        eval_units=L.run_dir("{run}", "{task}") / "eval_units.json",
     params:
         job=run_job,
         data=lambda wildcards, input: Path(input.train).parent,
