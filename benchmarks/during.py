@@ -32,8 +32,10 @@ from ebft.resolve import read_study
 
 
 def _rows(out: Path) -> list[dict]:
-    with (out / "train_metrics.csv").open() as fh:
-        return [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in csv.DictReader(fh)]
+    from ebft.trainer import TIMINGS
+
+    with (out / "train_metrics.csv").open() as fh:  # every column but the wall-clock ones
+        return [{k: v for k, v in r.items() if k not in (*TIMINGS, "tokens_per_s")} for r in csv.DictReader(fh)]
 
 
 def _step_times(out: Path) -> list[float]:
@@ -44,6 +46,7 @@ def _step_times(out: Path) -> list[float]:
 def run(job, method: str, model_dir: Path, records: list[dict], evaluation, out: Path) -> float:
     common = {"finetune": job.finetune, "precision": job.precision, "seed": job.seed, "out": out,
               "attention": job.attention, "evaluation": evaluation}  # fmt: skip
+    every = None if evaluation is None else evaluation.every
     t0 = time.time()
     if method == "sft":
         from baselines.sft import train_sft
@@ -52,8 +55,9 @@ def run(job, method: str, model_dir: Path, records: list[dict], evaluation, out:
     else:
         from ebft.trainer import train_ebft
 
+        cfg = dataclasses.replace(job.ebft_config(), eval_every=every)  # EBFT's trainer reads its section's
         train_ebft(base_dir=model_dir, start_dir=model_dir, train_records=records, chunk_length=job.chunk_length,
-                   cfg=job.ebft_config(), **common)  # fmt: skip
+                   cfg=cfg, **common)  # fmt: skip
     return time.time() - t0
 
 

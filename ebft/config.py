@@ -265,6 +265,21 @@ class HubSource(Section):
 Source = HumanEvalSource | StdlibSource | DjangoSource | HubSource  # chosen by `kind`
 
 
+def eval_every_setting():
+    """The methods' ``eval_every`` (SFT, EBFT, RLVR): held-out evaluations during training (:mod:`ebft.during`)."""
+    return setting(None, "optimiser steps between held-out evaluations during training (validation CE and FM loss, "
+                         "also at step 0 and at the end, with the budgets spent; eval_metrics.csv; training is "
+                         "unchanged by them); null: none", minimum=1, omit_none=True)  # fmt: skip
+
+
+def downstream_every_setting():
+    """SFT's and EBFT's ``downstream_every``: downstream scores during training (:mod:`ebft.during`)."""
+    return setting(None, "optimiser steps between downstream evaluations during training (the task's pass@k or "
+                         "BLEU/chrF++ on a merged copy of the policy), also at the steps matched to the other method's "
+                         "budget where both evaluate; null: downstream at the end only (the evaluation rules)",
+                   minimum=1, omit_none=True)  # fmt: skip
+
+
 @dataclass
 class OptimiserSettings(Section):
     """AdamW and the learning-rate schedule; shared by SFT and EBFT (RLVR takes EBFT's)."""
@@ -289,15 +304,8 @@ class SFTConfig(OptimiserSettings):
     loss_on: Literal["all", "answer"] = setting("all", "all real positions (docs/method.md §6), or answer tokens "
                                                        "only")  # fmt: skip
     log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
-    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
-                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
-                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
-                                     omit_none=True)  # fmt: skip
-    downstream_every: int | None = setting(None, "optimiser steps between downstream evaluations during training (the "
-                                                 "task's pass@k or BLEU/chrF++ on a merged copy of the policy), also "
-                                                 "at the steps matched to the other method's budget where both "
-                                                 "evaluate; null: downstream at the end only (the evaluation rules)",
-                                           minimum=1, omit_none=True)  # fmt: skip
+    eval_every: int | None = eval_every_setting()
+    downstream_every: int | None = downstream_every_setting()
 
     def check(self):
         _downstream_needs_eval(self)
@@ -354,15 +362,8 @@ class EBFTConfig(OptimiserSettings):
     checkpoint_every: int = setting(10, "steps between resumable checkpoints (and at the end)", minimum=1)
     log_every: int = setting(1, "optimiser steps between rows of train_metrics.csv", minimum=1)
     tensorboard: bool = setting(False, "also write TensorBoard logs beside train_metrics.csv")
-    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
-                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
-                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
-                                     omit_none=True)  # fmt: skip
-    downstream_every: int | None = setting(None, "optimiser steps between downstream evaluations during training (the "
-                                                 "task's pass@k or BLEU/chrF++ on a merged copy of the policy), also "
-                                                 "at the steps matched to the other method's budget where both "
-                                                 "evaluate; null: downstream at the end only (the evaluation rules)",
-                                           minimum=1, omit_none=True)  # fmt: skip
+    eval_every: int | None = eval_every_setting()
+    downstream_every: int | None = downstream_every_setting()
 
     def check(self):
         _downstream_needs_eval(self)
@@ -396,10 +397,7 @@ class RLVRConfig(Section):
     reward_timeout: float = setting(3.0, "seconds per sandboxed test program", exclusiveMinimum=0)
     reward_memory_mb: int = setting(1024, "address-space limit of each sandboxed test program, MB", minimum=64)
     reward_workers: int | None = setting(None, "parallel sandboxed programs; null: CPU count", minimum=1)
-    eval_every: int | None = setting(None, "optimiser steps between held-out evaluations during training (validation "
-                                           "CE and FM loss, also at step 0 and at the end, with the budgets spent; "
-                                           "eval_metrics.csv; training is unchanged by them); null: none", minimum=1,
-                                     omit_none=True)  # fmt: skip
+    eval_every: int | None = eval_every_setting()
 
     def check(self):
         if self.sampler == "decode" and self.algorithm != "grpo":

@@ -219,6 +219,21 @@ def spent(curves: pd.DataFrame | None, task: str, metric: str, axis: str) -> str
     return "; ".join(parts)
 
 
+def _claim_rows(table: pd.DataFrame, unclear: list[str]) -> list[str]:
+    """A claims table's rows (with the budgets spent where the table has them); each inconclusive claim's reading is
+    appended to ``unclear``."""
+    lines = []
+    for r in table.itertuples():
+        cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
+        power = "–" if pd.isna(r.diff) else f"±{r.detectable:.4f}"
+        budgets = f" {r.budgets} |" if hasattr(r, "budgets") else ""
+        lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} | {power} |{budgets}")
+        if r.verdict == "inconclusive":
+            unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
+                           f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+    return lines
+
+
 def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame, matched: pd.DataFrame | None = None) -> str:
     """tables/claims.md: the claims with their verdicts (and, where SFT and EBFT evaluated during training, the claims
     at matched budgets), then every paired difference to SFT and to base."""
@@ -229,25 +244,13 @@ def claims_markdown(table: pd.DataFrame, diffs: pd.DataFrame, matched: pd.DataFr
         )
     lines = ["### The paper's claims (paired bootstrap, 95 %)", "", "| task | claim | verdict | difference [95 % CI] | "
              "detectable difference |", "|---|---|---|---|---|"]  # fmt: skip
-    unclear = []
-    for r in table.itertuples():
-        cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-        power = "–" if pd.isna(r.diff) else f"±{r.detectable:.4f}"
-        lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} | {power} |")
-        if r.verdict == "inconclusive":
-            unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
-                           f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+    unclear: list[str] = []
+    lines += _claim_rows(table, unclear)
     if matched is not None and not matched.empty:
         lines += ["", "### At matched budgets (held-out, during training)", "", "| task | claim | verdict | difference "
                   "[95 % CI] | detectable difference | budget spent at the compared evaluations |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
-        for r in matched.itertuples():
-            cell = "–" if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]"
-            power = "–" if pd.isna(r.diff) else f"±{r.detectable:.4f}"
-            lines.append(f"| {r.task} | {r.claim} | {r.verdict} | {cell} | {power} | {r.budgets} |")
-            if r.verdict == "inconclusive":
-                unclear.append(f"- {r.task}, {r.claim}: inconclusive; a true difference smaller than about "
-                               f"{r.detectable:.4f} would most likely go undetected here.")  # fmt: skip
+        lines += _claim_rows(matched, unclear)
         lines += ["", "Each method is compared at the evaluation where it had spent the budget the other spends in "
                   "its whole run (the nearest step; the one with the smaller total at its end)."]  # fmt: skip
         if not matched["claim"].str.startswith("EBFT > SFT").any():

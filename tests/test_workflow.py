@@ -170,7 +170,23 @@ def test_smoke_dag_end_to_end(tmp_path, cli_env):
         assert line in claims, line
     units = pd.read_csv(root / "units.csv")
     assert {"val_ce", "fm_loss", "pass@1", "bleu", "chrf_greedy"} <= set(units.metric)
-    assert set(pd.read_csv(root / "curves.csv").method) == {"sft", "ebft", "rlvr"}
+    curves = pd.read_csv(root / "curves.csv")
+    assert set(curves.method) == {"sft", "ebft", "rlvr"}
+    # evaluation during training (eval_every: 1): held-out CE and FM loss at every step of every run, with budgets
+    held = curves[curves.series.isin(["val_ce", "fm_loss"])]
+    assert set(zip(held.task, held.method, strict=True)) == {(t, m) for t in ("qa_code", "unstructured_code",
+                                                             "translation") for m in ("sft", "ebft", "rlvr")} - {
+        ("unstructured_code", "rlvr")}  # fmt: skip
+    assert set(held.step) == {0, 1, 2} and held[["gt_tokens", "train_flops", "ci_low", "ci_high"]].notna().all().all()
+    assert (held[held.step == 0].train_flops == 0).all() and (held[held.step == 2].train_flops > 0).all()
+    for axis in ("gt_tokens", "train_flops"):  # SFT and EBFT each evaluated where the budgets match
+        for method in ("sft", "ebft"):
+            assert held[(held.method == method) & held.matched.fillna("").str.contains(axis)].task.nunique() == 3
+        assert {f"val_ce@{axis}", f"fm_loss@{axis}", f"pass@1@{axis}", f"bleu@{axis}"} <= set(units.metric)
+    for task, down in (("qa_code", "pass@1"), ("unstructured_code", "pass@1"), ("translation", "bleu")):
+        for words in ("equal ground-truth tokens", "equal training compute"):  # downstream_every: 2
+            for claim in (f"EBFT > SFT on {down}", "EBFT CE < SFT CE", "EBFT FM loss < SFT FM loss"):
+                assert f"| {task} | {claim} at {words} |" in claims, (task, claim, words)
     figures = DAGS["smoke"][1]
     assert sorted(p.stem for p in (root / "figures").iterdir()) == sorted(figures)
     for figure in figures:
