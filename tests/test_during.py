@@ -167,3 +167,29 @@ def test_downstream_scores_during_training_change_nothing_in_training(tmp_path, 
     assert len(scored["unit_ids"]) == 2 and all(0 <= v <= 1 for v in scored["unit_num"])
     assert (tmp_path / "evaluated/downstream_samples/step-2.code.jsonl").is_file()
     assert not list((tmp_path / "evaluated").glob(".downstream-*"))  # the merged copy is gone
+
+
+def test_evaluations_during_bf16_training_run_in_fp32(tmp_path, tiny_model_dir, split):
+    """Regression: accelerate wraps the prepared model's forward in bf16 autocast, so SFT's evaluations ran in bf16
+    unless they call the unwrapped forward. At step 0 the LoRA policy is the base model, whose fp32 CE the evaluation
+    must give exactly; training under bf16 is unchanged by the evaluations."""
+    from ebft.models import load_causal_lm, load_tokenizer
+    from ebft.packing import pack_records
+    from evals.ce import ce_rows
+
+    train, heldout = split
+    sft = SFTConfig(lr=1e-2, scheduler="constant", warmup_ratio=0.0, batch_size=4, max_steps=1)
+    kw = {"model_dir": tiny_model_dir, "train_records": train, "chunk_length": 64, "sft": sft, "precision": "bf16",
+          "seed": 0, "finetune": FinetuneConfig(lora=LoraSettings(r=4, alpha=8))}  # fmt: skip
+    train_sft(out=tmp_path / "plain", **kw)
+    evaluation = settings(heldout, 1)
+    summary = train_sft(out=tmp_path / "evaluated", evaluation=evaluation, **kw)
+    assert summary["mixed_precision"] == "bf16"
+    assert without_time(table(tmp_path / "plain/train_metrics.csv")) == without_time(
+        table(tmp_path / "evaluated/train_metrics.csv")
+    )
+    chunks = pack_records(heldout, load_tokenizer(tiny_model_dir), 64)
+    base = ce_rows(load_causal_lm(tiny_model_dir).eval(), chunks.subset(slice(0, 4)), evaluation.ce, seed=0,
+                   device=torch.device("cpu"))  # fmt: skip
+    first = next(r for r in table(tmp_path / "evaluated/eval_metrics.csv") if r["metric"] == "val_ce")
+    assert float(first["value"]) == base[0]["value"]
