@@ -257,6 +257,8 @@ class EBFTTrainer:
                                     strict=resume_from_checkpoint != "auto")  # fmt: skip
         budget = dict(extra.get("budget") or dict.fromkeys(BUDGETS, 0))
         evals = during.EvalLog(out, extra.get("evals"), enabled=accelerator.is_main_process)
+        if plan:  # the evaluations the checkpoint kept, written now: a run resumed at its last step makes no more
+            evals.write()
         per_step = self._step_budget()
         if accelerator.is_main_process:
             where = f"resuming from step {step} of {total_steps}" if step else f"starting at step 0 of {total_steps}"

@@ -343,6 +343,24 @@ def test_an_interrupted_run_resumes_with_every_evaluation_once(tiny_model_dir, r
     assert [r["step"] for r in eval_rows(tmp_path / "straight")][::3] == ["0", "1", "2", "3", "4"]
 
 
+def test_a_run_resumed_at_its_last_step_lists_its_evaluations(tiny_model_dir, records, tmp_path):
+    """Regression: killed after its last step's checkpoint, with eval_metrics.csv deleted (Snakemake deletes a failed
+    job's outputs), a resumed run had no step left to evaluate and wrote no eval_metrics.csv; now it writes the
+    evaluations its checkpoint kept."""
+    kw = {"args": {"max_steps": 2, "checkpoint_every": 1, "eval_every": 1}, "eval_dataset": records[8:]}
+    fit(str(tiny_model_dir), tmp_path / "straight", records[:8], **kw)
+    args = EBFTConfig(output_dir=str(tmp_path / "killed"), **{**SMALL, **kw["args"]})
+    killed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
+                         peft_config=lora())  # fmt: skip
+    killed._halt_after = 2
+    killed.train()
+    (tmp_path / "killed/eval_metrics.csv").unlink()
+    resumed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
+                          peft_config=lora())  # fmt: skip
+    resumed.train(resume_from_checkpoint=True)
+    assert eval_rows(tmp_path / "killed") == eval_rows(tmp_path / "straight")
+
+
 TWO_PROCESS_RUN = """
 import json, sys
 from ebft import EBFTConfig, EBFTTrainer
