@@ -42,3 +42,13 @@ def cli_env() -> dict:
     env["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one precision per process: set up afresh for this test's and for the later tests' runs."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)

@@ -22,6 +22,7 @@ from ebft.config import (
     SFTConfig,
 )
 from ebft.data import human_eval_split
+from ebft.models import autocast_dtype
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,8 @@ def test_downstream_scores_during_training_change_nothing_in_training(tmp_path, 
     assert not list((tmp_path / "evaluated").glob(".downstream-*"))  # the merged copy is gone
 
 
-def test_evaluations_during_bf16_training_run_in_fp32(tmp_path, tiny_model_dir, split):
+@pytest.mark.skipif(autocast_dtype("auto", torch.device("cpu")) is None, reason="this CPU lacks bf16")
+def test_evaluations_during_bf16_training_run_in_fp32(tmp_path, tiny_model_dir, split, fresh_accelerator_state):
     """Regression: accelerate wraps the prepared model's forward in bf16 autocast, so SFT's evaluations ran in bf16
     unless they call the unwrapped forward. At step 0 the LoRA policy is the base model, whose fp32 CE the evaluation
     must give exactly; training under bf16 is unchanged by the evaluations."""

@@ -315,16 +315,6 @@ def test_the_shared_prefix_and_chunked_logits_train_like_the_whole_sequence_forw
     assert_same_update(tmp_path / "whole", tmp_path / "shared", keys, rel=1e-4, abs=1e-6, weights=mode == "lora")
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """accelerate keeps one precision per process: set up afresh for this test's and for the later tests' runs."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 @pytest.mark.skipif(autocast_dtype("auto", torch.device("cpu")) is None, reason="this CPU lacks bf16")
 def test_bf16_training_on_cast_frozen_weights_is_bit_identical_to_autocasts_own_casts(
     tiny_model_dir, records, tmp_path, monkeypatch, fresh_accelerator_state
