@@ -325,40 +325,26 @@ def test_evaluating_during_training_changes_nothing_in_training(tiny_model_dir, 
         EBFTConfig(eval_steps=10)
 
 
-def test_an_interrupted_run_resumes_with_every_evaluation_once(tiny_model_dir, records, tmp_path):
+@pytest.mark.parametrize("steps, every, halt, deleted", [(4, 2, 3, False), (2, 1, 2, True)])
+def test_an_interrupted_run_resumes_with_every_evaluation_once(tiny_model_dir, records, tmp_path, steps, every, halt,
+                                                               deleted):  # fmt: skip
     """Killed after step 3 with its last checkpoint at step 2, then resumed: the evaluations after the checkpoint are
-    made again, and the run lists each step's evaluation once, equal to an uninterrupted run's."""
-    kw = {"args": {"max_steps": 4, "checkpoint_every": 2, "eval_every": 1}, "eval_dataset": records[8:]}
+    made again, and the run lists each step's evaluation once, equal to an uninterrupted run's. Regression (killed
+    after its last step's checkpoint, eval_metrics.csv deleted as Snakemake deletes a failed job's outputs): the
+    resumed run had no step left to evaluate and wrote no eval_metrics.csv; now it writes what its checkpoint kept."""
+    kw = {"args": {"max_steps": steps, "checkpoint_every": every, "eval_every": 1}, "eval_dataset": records[8:]}
     fit(str(tiny_model_dir), tmp_path / "straight", records[:8], **kw)
     args = EBFTConfig(output_dir=str(tmp_path / "killed"), **{**SMALL, **kw["args"]})
-    killed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
-                         peft_config=lora())  # fmt: skip
-    killed._halt_after = 3
-    killed.train()
-    assert [r["step"] for r in eval_rows(tmp_path / "killed")][::3] == ["0", "1", "2", "3"]
-    resumed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
-                          peft_config=lora())  # fmt: skip
-    resumed.train(resume_from_checkpoint=True)
+    trainers = [EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
+                            peft_config=lora()) for _ in range(2)]  # fmt: skip
+    trainers[0]._halt_after = halt
+    trainers[0].train()
+    assert [r["step"] for r in eval_rows(tmp_path / "killed")][::3] == [str(k) for k in range(halt + 1)]
+    if deleted:
+        (tmp_path / "killed/eval_metrics.csv").unlink()
+    trainers[1].train(resume_from_checkpoint=True)
     assert eval_rows(tmp_path / "killed") == eval_rows(tmp_path / "straight")
-    assert [r["step"] for r in eval_rows(tmp_path / "straight")][::3] == ["0", "1", "2", "3", "4"]
-
-
-def test_a_run_resumed_at_its_last_step_lists_its_evaluations(tiny_model_dir, records, tmp_path):
-    """Regression: killed after its last step's checkpoint, with eval_metrics.csv deleted (Snakemake deletes a failed
-    job's outputs), a resumed run had no step left to evaluate and wrote no eval_metrics.csv; now it writes the
-    evaluations its checkpoint kept."""
-    kw = {"args": {"max_steps": 2, "checkpoint_every": 1, "eval_every": 1}, "eval_dataset": records[8:]}
-    fit(str(tiny_model_dir), tmp_path / "straight", records[:8], **kw)
-    args = EBFTConfig(output_dir=str(tmp_path / "killed"), **{**SMALL, **kw["args"]})
-    killed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
-                         peft_config=lora())  # fmt: skip
-    killed._halt_after = 2
-    killed.train()
-    (tmp_path / "killed/eval_metrics.csv").unlink()
-    resumed = EBFTTrainer(str(tiny_model_dir), args=args, train_dataset=records[:8], eval_dataset=records[8:],
-                          peft_config=lora())  # fmt: skip
-    resumed.train(resume_from_checkpoint=True)
-    assert eval_rows(tmp_path / "killed") == eval_rows(tmp_path / "straight")
+    assert [r["step"] for r in eval_rows(tmp_path / "straight")][::3] == [str(k) for k in range(steps + 1)]
 
 
 TWO_PROCESS_RUN = """
