@@ -295,6 +295,7 @@ def test_a_killed_snakemake_stops_its_trainer_and_the_rerun_resumes_ebft_exactly
     raw["tasks"] = {"qa_code": raw["tasks"]["qa_code"]}
     raw.pop("sweeps")  # its sweep is on unstructured_code
     raw["ebft"].update(max_steps=8, checkpoint_every=1)  # long enough that the trainer is caught running
+    raw["ebft"].pop("downstream_every")  # held-out evaluations every step, no downstream scores: a shorter test
     (work / "profile.yaml").write_text(yaml.safe_dump(raw))
 
     def snakemake_cmd(results, *args):
