@@ -356,7 +356,8 @@ def held_out_callback(evaluation, tokenizer, chunk_length, seed, out, steps, set
     generations = settings["num_generations"]
 
     class HeldOut(TrainerCallback):
-        budget = dict.fromkeys(during.BUDGETS, 0)
+        def __init__(self):
+            self.budget = dict.fromkeys(during.BUDGETS, 0)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.frozen = None

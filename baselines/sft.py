@@ -110,10 +110,8 @@ def train_sft(
     def evaluate(at: int) -> None:
         policy = accelerator.unwrap_model(model)
         rows = held_out.rows(policy, lambda: feature_network(policy, frozen), accelerator.device)
-        if at in downstream_at:  # scored once, by the first process; the others wait
-            if accelerator.is_main_process:
-                rows += evaluation.downstream(policy, tokenizer, finetune.mode, out, at)
-            accelerator.wait_for_everyone()
+        if at in downstream_at:
+            rows += evaluation.downstream(accelerator, policy, tokenizer, finetune.mode, out, at)
         evals.record(at, rows, budget, plan[at])
 
     if accelerator.is_main_process:

@@ -276,21 +276,11 @@ def cmd_eval(args, job: Job):
     extra = {}
     if job.same_as:
         return _copy_record(job, args, data_dir, out)
-    if job.kind == "code":
-        from evals.code import evaluate_code, load_problems
+    if job.kind in ("code", "translation"):
+        from ebft.during import score_downstream
 
-        problems = load_problems(job.code_eval, data_dir / "heldout.jsonl", job.code, job.seed)
-        samples = Path(args.samples or layout.samples_file(job.task, job.run_name))
-        rows, extra = evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
-                                    seed=job.seed, samples_out=samples, attention=job.attention)  # fmt: skip
-        extra.update(problems=len(problems), samples_file=str(samples))
-    elif job.kind == "translation":
-        from evals.translation import evaluate_translation
-
-        samples = Path(args.samples or layout.samples_file(job.task, job.run_name, "translation"))
-        rows, extra = evaluate_translation(model_dir, read_records(data_dir / "heldout.jsonl"), job.prompt_format,
-                                           job.translation, precision=job.precision, seed=job.seed,
-                                           samples_out=samples, attention=job.attention)  # fmt: skip
+        samples = Path(args.samples or layout.samples_file(job.task, job.run_name, job.kind))
+        rows, extra = score_downstream(job.kind, job, model_dir, data_dir, samples)
     elif job.kind == "ce":
         from evals.ce import evaluate_ce
 

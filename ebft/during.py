@@ -161,7 +161,7 @@ class EvalLog:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write(self.out / "eval_metrics.csv", text.getvalue())
-        units = [{k: r[k] for k in ("step", "metric", *UNITS) if k in r} for r in self.rows]
+        units = [{k: r[k] for k in ("step", "metric", "matched", *UNITS) if k in r} for r in self.rows]
         atomic_write(self.out / "eval_units.json", json.dumps(units))
 
 
@@ -198,17 +198,22 @@ class Settings:
             return set()
         return set(range(self.downstream_every, total + 1, self.downstream_every)) | set(matched.values())
 
-    def downstream(self, model, tokenizer, mode: str, out: Path, step: int) -> list[dict]:
-        """The task's downstream rows of ``model`` as it is: a merged copy saved to a temporary folder under ``out``
-        and scored there by the evaluations' own functions (samples kept in ``out/downstream_samples``), with the
-        global random state restored afterwards, so that training draws what it would have drawn."""
+    def downstream(self, accelerator, model, tokenizer, mode: str, out: Path, step: int) -> list[dict]:
+        """The task's downstream rows of ``model`` as it is, scored once, by the first process (the others wait and
+        get none): a merged copy saved to a temporary folder under ``out`` and scored there by the evaluations' own
+        functions (samples kept in ``out/downstream_samples``), with the global random state restored afterwards, so
+        that training draws what it would have drawn."""
         import tempfile
 
         from ebft.models import save_checkpoint
 
-        with torch.random.fork_rng(), tempfile.TemporaryDirectory(dir=out, prefix=".downstream-") as tmp:
-            save_checkpoint(model, tokenizer, Path(tmp), mode)
-            return self.judge(Path(tmp) / "model", Path(out) / "downstream_samples" / f"step-{step}")
+        rows = []
+        if accelerator.is_main_process:
+            with torch.random.fork_rng(), tempfile.TemporaryDirectory(dir=out, prefix=".downstream-") as tmp:
+                save_checkpoint(model, tokenizer, Path(tmp), mode)
+                rows = self.judge(Path(tmp) / "model", Path(out) / "downstream_samples" / f"step-{step}")
+        accelerator.wait_for_everyone()
+        return rows
 
     def matched(self, method: str, num_chunks: int, chunk_length: int) -> dict[str, int]:
         """This run's steps matched to the other method's budget (:func:`matched_steps`); {} where not matched."""
@@ -238,28 +243,37 @@ def from_job(job, data_dir: Path) -> Settings | None:
                     downstream_every=every, judge=downstream_judge(job, data_dir) if every else None)  # fmt: skip
 
 
-def downstream_judge(job, data_dir: Path):
-    """The task's downstream evaluations as one function of a model folder: pass@k on its problems (code) and BLEU
-    and chrF++ on its held-out pairs (translation), with the job's settings; rows as the evaluation records hold
-    them."""
+def score_downstream(kind: str, job, model_dir: Path, data_dir: Path, samples: Path) -> tuple[list[dict], dict]:
+    """One downstream evaluation of the model in ``model_dir`` with the job's settings: pass@k on the task's problems
+    (``kind`` 'code') or BLEU and chrF++ on its held-out pairs ('translation'), samples written to ``samples``.
+    Returns (metric rows, what the record keeps besides). The evaluation rules and the evaluations during training
+    both score this way."""
     from ebft.data import read_records
+
+    heldout = Path(data_dir) / "heldout.jsonl"
+    if kind == "code":
+        from evals.code import evaluate_code, load_problems
+
+        problems = load_problems(job.code_eval, heldout, job.code, job.seed)
+        rows, extra = evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
+                                    seed=job.seed, samples_out=samples, attention=job.attention)  # fmt: skip
+        return rows, {**extra, "problems": len(problems), "samples_file": str(samples)}
+    from evals.translation import evaluate_translation
+
+    return evaluate_translation(model_dir, read_records(heldout), job.prompt_format, job.translation,
+                                precision=job.precision, seed=job.seed, samples_out=samples,
+                                attention=job.attention)  # fmt: skip
+
+
+def downstream_judge(job, data_dir: Path):
+    """The task's downstream evaluations as one function of a model folder (:func:`score_downstream` of each kind the
+    job carries settings for); rows as the evaluation records hold them."""
+    kinds = [k for k, cfg in (("code", job.code), ("translation", job.translation)) if cfg is not None]
 
     def judge(model_dir: Path, samples: Path) -> list[dict]:
         rows = []
-        if job.code is not None:
-            from evals.code import evaluate_code, load_problems
-
-            problems = load_problems(job.code_eval, Path(data_dir) / "heldout.jsonl", job.code, job.seed)
-            rows += evaluate_code(model_dir, problems, job.prompt_format, job.code, precision=job.precision,
-                                  seed=job.seed, samples_out=samples.with_suffix(".code.jsonl"),
-                                  attention=job.attention)[0]  # fmt: skip
-        if job.translation is not None:
-            from evals.translation import evaluate_translation
-
-            rows += evaluate_translation(model_dir, read_records(Path(data_dir) / "heldout.jsonl"), job.prompt_format,
-                                         job.translation, precision=job.precision, seed=job.seed,
-                                         samples_out=samples.with_suffix(".translation.jsonl"),
-                                         attention=job.attention)[0]  # fmt: skip
+        for kind in kinds:
+            rows += score_downstream(kind, job, model_dir, data_dir, samples.with_suffix(f".{kind}.jsonl"))[0]
         return rows
 
     return judge

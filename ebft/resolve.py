@@ -79,6 +79,10 @@ class Task:
     rlvr: RLVRConfig
     eval: EvalConfig
 
+    def section(self, method: str) -> SFTConfig | EBFTConfig | RLVRConfig:
+        """The task's resolved settings of a trained method."""
+        return {"sft": self.sft, "ebft": self.ebft, "rlvr": self.rlvr}[method]
+
 
 @dataclass(frozen=True)
 class SweepPoint:
@@ -321,7 +325,7 @@ class Study:
         # evaluation during training (the method's eval_every): the evaluations' settings, the task's strided layout
         # for the FM loss and, where SFT and EBFT both evaluate, the other method's step plan, so that each evaluates
         # at the steps matched to the other's budget (ebft.during.matched_steps)
-        section = {"sft": spec.sft, "ebft": spec.ebft, "rlvr": spec.rlvr}[method]
+        section = spec.section(method)
         evaluate = {"ce": spec.eval.ce, "fm": spec.eval.fm} if section.eval_every is not None else {}
         matched = bool(evaluate) and self.matched(spec.name)
         if method != "rlvr" and section.downstream_every is not None:
@@ -339,8 +343,8 @@ class Study:
 
     def evaluates_during_training(self) -> bool:
         """Whether any method's run on any task evaluates during training (its ``eval_every``)."""
-        return any({"sft": spec.sft, "ebft": spec.ebft, "rlvr": spec.rlvr}[m].eval_every is not None
-                   for spec in map(self.task, self.tasks) for m in self.trained(spec.name))  # fmt: skip
+        return any(spec.section(m).eval_every is not None for spec in map(self.task, self.tasks)
+                   for m in self.trained(spec.name))  # fmt: skip
 
     def _downstream(self, spec: Task) -> dict:
         """A train job's settings for downstream evaluations during training (``downstream_every``): the task's."""

@@ -406,12 +406,10 @@ class EBFTTrainer:
         device = self.accelerator.device
         model = self.accelerator.unwrap_model(self.model).to(device)
         rows = spec.rows(model, lambda: feature_network(model, self.frozen), device)
-        if step in self._downstream_at:  # scored once, by the first process; the others wait
-            if self.accelerator.is_main_process:
-                mode = "lora" if self.is_peft else "full"
-                rows += self._downstream.downstream(model, self.processing_class, mode, Path(self.args.output_dir),
-                                                    step)  # fmt: skip
-            self.accelerator.wait_for_everyone()
+        if step in self._downstream_at:
+            rows += self._downstream.downstream(self.accelerator, model, self.processing_class,
+                                                "lora" if self.is_peft else "full", Path(self.args.output_dir),
+                                                step)  # fmt: skip
         evals.record(step, rows, budget, matched)
         self._record_evaluation(rows, step)
 

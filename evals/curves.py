@@ -74,18 +74,10 @@ def held_out_units(eval_files: list[Path], profile: str) -> pd.DataFrame:
         if not units.is_file():
             raise UserError(f"{units} is missing beside {path.name}; rerun the training rule that writes both.")
         method, task = path.parent.parent.name, path.parent.name
-        tags = {(int(r["step"]), r["metric"]): r["matched"] for r in _records(path)}
         for u in json.loads(units.read_text()):
-            for axis in filter(None, tags.get((u["step"], u["metric"]), "").split("+")):
+            for axis in filter(None, u.get("matched", "").split("+")):
                 rows += unit_rows(profile, task, method, {**u, "metric": f"{u['metric']}@{axis}"})
     return pd.DataFrame(rows, columns=UNIT_COLUMNS)
-
-
-def _records(path: Path) -> list[dict]:
-    import csv
-
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def read_curves(path: Path) -> pd.DataFrame:
