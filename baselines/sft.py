@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import during, optim
+from ebft import during, optim, sharding
 from ebft.config import FinetuneConfig, SFTConfig
 from ebft.features import feature_network
 from ebft.losses import token_nll
@@ -39,6 +39,7 @@ from ebft.models import (
     save_checkpoint,
 )
 from ebft.packing import pack_records, target_mask
+from ebft.sharding import CausalRoot, Strategy
 
 METRIC_FIELDS = ["step", "epoch", "loss", "targets", "lr", "grad_norm", "step_time_s", "tokens_per_s"]
 
@@ -55,11 +56,13 @@ def train_sft(
     out: Path,
     attention: str = "sdpa",
     evaluation: during.Settings | None = None,
+    strategy: Strategy | None = None,
 ) -> dict:
     """Fine-tune the model in ``model_dir`` on ``train_records``; write the checkpoint and metrics under ``out``.
 
     ``evaluation``: held-out evaluations during training (:mod:`ebft.during`) into ``out/eval_metrics.csv``; they
-    change nothing in training."""
+    change nothing in training. ``strategy``: how the processes hold the model (default DDP; FSDP shards it,
+    :mod:`ebft.sharding`)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
@@ -84,19 +87,28 @@ def train_sft(
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
 
+    strategy = strategy or Strategy()
     model = make_trainable(load_causal_lm(model_dir, dropout=finetune.model_dropout, attention=attention), finetune)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    policy, frozen = model, None  # the plain model, and the evaluations' feature network of full fine-tuning
+    if strategy.sharded:  # sharded together
+        if evaluation is not None and not is_peft_model(model):
+            frozen = _frozen_base(model_dir, attention)
+        model = sharding.shard(CausalRoot(policy, frozen, own=True), strategy, accelerator.device)
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # the shards, under FSDP
     optimizer = optim.adamw(trainable, sft)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if strategy.sharded:
+        loader = accelerator.prepare(loader)
+    else:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // sft.grad_accum)  # counted on the prepared loader each process iterates
     total_steps = optim.step_budget(steps_per_epoch, epochs=sft.epochs, max_steps=sft.max_steps)
     scheduler = optim.lr_schedule(optimizer, sft, total_steps)  # stepped here, once per optimiser step
 
     log = MetricsLog(out / "train_metrics.csv", METRIC_FIELDS, enabled=accelerator.is_main_process)
     budget = dict.fromkeys(during.BUDGETS, 0)
-    params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    plan, held_out, evals, frozen, downstream_at = {}, None, None, None, set()
+    params = sum(p.numel() for p in policy.parameters())
+    plan, held_out, evals, downstream_at = {}, None, None, set()
     if evaluation is not None:
         held_out = evaluation.held_out(tokenizer, chunk_length, seed)
         matched = evaluation.matched("sft", len(chunks), chunk_length)
@@ -104,14 +116,18 @@ def train_sft(
         downstream_at = evaluation.downstream_steps(total_steps, matched)
         plan.update({k: "" for k in downstream_at if k not in plan})
         evals = during.EvalLog(out, enabled=accelerator.is_main_process)
-        if not is_peft_model(accelerator.unwrap_model(model)):  # full fine-tuning: the base model's own features
-            frozen = load_causal_lm(model_dir, attention=attention).to(accelerator.device).eval().requires_grad_(False)
+        if not strategy.sharded and not is_peft_model(policy):  # full fine-tuning: the base model's own features
+            frozen = _frozen_base(model_dir, attention).to(accelerator.device)
 
     def evaluate(at: int) -> None:
-        policy = accelerator.unwrap_model(model)
-        rows = held_out.rows(policy, lambda: feature_network(policy, frozen), accelerator.device)
+        device = accelerator.device
+        if strategy.sharded:  # inside the sharded root's forward hooks
+            rows = model.run(lambda root: held_out.rows(root.model, root.features, device))
+        else:
+            rows = held_out.rows(policy, lambda: feature_network(policy, frozen), device)
         if at in downstream_at:
-            rows += evaluation.downstream(accelerator, policy, tokenizer, finetune.mode, out, at)
+            whole = sharding.gathered(policy, keep=accelerator.is_main_process)
+            rows += evaluation.downstream(accelerator, whole, tokenizer, finetune.mode, out, at)
         evals.record(at, rows, budget, plan[at])
 
     if accelerator.is_main_process:
@@ -148,9 +164,10 @@ def train_sft(
             epoch += 1
     bar.close()
 
+    whole = sharding.gathered(policy, keep=accelerator.is_main_process)  # whole, under FSDP
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(model), tokenizer, out, finetune.mode)
+        save_checkpoint(whole, tokenizer, out, finetune.mode)
     summary = {
         "method": "sft",
         "steps": step,
@@ -161,6 +178,8 @@ def train_sft(
         "trainable_parameters": sum(p.numel() for p in trainable),
         "mixed_precision": mixed,
         "processes": accelerator.num_processes,
+        "strategy": strategy.name,
+        "parameters_per_process": sharding.local_parameters(policy),
         "wall_time_s": round(time.time() - started, 2),
         "budget": budget,
         "loss": {"kind": "next-token cross-entropy", "temperature": 1.0, "reduction": "token-weighted mean per step",
@@ -170,6 +189,10 @@ def train_sft(
     if accelerator.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _frozen_base(model_dir: Path, attention: str):
+    return load_causal_lm(model_dir, attention=attention).eval().requires_grad_(False)
 
 
 def _real_rows(batch, index: int, num_chunks: int, batch_size: int, accelerator):
@@ -193,12 +216,14 @@ def _real_rows(batch, index: int, num_chunks: int, batch_size: int, accelerator)
 def sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
     """One optimiser step over ``micro`` batches, token-weighted over all of them (under bf16 autocast, frozen weights
     on their casts, made once: :func:`ebft.models.frozen_weights_cast`)."""
-    with frozen_weights_cast(autocast_of(accelerator), model):
+    cast = None if sharding.is_sharded(model) else autocast_of(accelerator)  # FSDP gathers weights itself
+    with frozen_weights_cast(cast, model):
         return _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip)
 
 
 def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dict:
     t0 = time.time()
+    sharding.same_forwards(accelerator, "an SFT step", (len(micro), *micro[0][0].shape))
     local_targets = torch.stack([mask[:, 1:].sum() for _, mask in micro]).sum()
     n_targets = int(optim.global_sum(accelerator, local_targets))  # the whole global step's targets
     total_nll = 0.0
@@ -210,7 +235,7 @@ def _sft_step(model, optimizer, scheduler, accelerator, micro, grad_clip) -> dic
         total_nll += float(nll_sum.detach().sum())
     if accelerator.num_processes > 1:
         total_nll = float(accelerator.reduce(torch.tensor(total_nll, device=accelerator.device), "sum"))
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = sharding.clip_grad_norm(accelerator, model.parameters(), grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()
     scheduler.step()

@@ -1,6 +1,6 @@
 """One-shot GPU check of the CUDA paths, at a realistic size, with random weights (no hub on the GPU machine).
 
-    python -m benchmarks.gpu_check --tokenizer DIR --out results.json [--arch qwen2.5-1.5b]
+    python -m benchmarks.gpu_check --tokenizer DIR --out results.json [--arch qwen2.5-1.5b] [--sections fsdp]
 
 Builds a random-init model from a public architecture config (Qwen2.5-1.5B by default) with SmolLM2's tokenizer,
 then, each section on its own so one failure does not hide the others:
@@ -10,6 +10,10 @@ then, each section on its own so one failure does not hide the others:
   checkpointing; and three SFT steps on the same chunks: seconds per step (with its parts) and peak memory;
 - ``rlvr``: two GRPO steps through TRL (2 prompts × 4 completions, up to 256 new tokens; random weights never stop
   early, so this is the worst case) with the sandboxed unit-test reward;
+- ``fsdp``: the sharded path (``launch.strategy: fsdp``) on this one GPU, with and without CPU offload of the shards:
+  three EBFT steps at one process's share of the paper's batch (2 chunks × 4 rollouts, micro-batches of 4) and three
+  SFT steps, full fine-tuning in bf16: seconds per step, peak memory, and ``ebft.memory``'s estimate of it. At 7B
+  (``--arch qwen2.5-7b --sections fsdp``) only the offloaded runs fit one 80 GB GPU;
 - ``generation``: ``benchmarks.code_generation`` (16 HumanEval prompts × 4 samples × 512 tokens): the early-stop
   criterion's overhead against plain ``generate``.
 
@@ -28,14 +32,7 @@ from pathlib import Path
 
 import torch
 
-ARCHS = {  # public architecture configs (docs/method.md §5 models)
-    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True,
-                         max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6),
-    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True,
-                         max_position_embeddings=131072, rope_theta=5e5, rms_norm_eps=1e-5),
-}  # fmt: skip
+from ebft.memory import ARCHITECTURES as ARCHS  # public architecture configs (docs/method.md §5 models)
 
 
 def build_model(arch: str, tokenizer_dir: Path, out: Path) -> Path:
@@ -93,6 +90,50 @@ def section_ebft(model_dir: Path, work: Path) -> dict:
     return res
 
 
+def section_fsdp(model_dir: Path, work: Path, arch: str) -> dict:
+    from baselines.sft import train_sft
+    from ebft.config import EBFTConfig, FinetuneConfig, LaunchConfig, SFTConfig
+    from ebft.memory import GiB, estimate, shape_of
+    from ebft.sharding import Strategy
+    from ebft.trainer import train_ebft
+
+    records, full, shape = code_records(64), FinetuneConfig(mode="full"), shape_of(ARCHS[arch])
+    offloads = [True] if shape.params > 3e9 else [False, True]  # 7B: the shards alone outgrow one GPU
+    res = {}
+    for offload in offloads:
+        strategy = Strategy("fsdp", cpu_offload=offload)
+        launch = LaunchConfig(strategy="fsdp", cpu_offload=offload)
+        runs = {"ebft": EBFTConfig(c=8, s=8, G=8, n=4, batch_size=2, micro_batch_size=4, max_steps=3,
+                                   checkpoint_every=100, lr=1e-6),
+                "sft": SFTConfig(batch_size=2, max_steps=3, lr=1e-6, scheduler="constant",
+                                 warmup_ratio=0.0)}  # fmt: skip
+        for method, cfg in runs.items():
+            name = f"{method}_fsdp" + ("_offload" if offload else "")
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            try:
+                if method == "ebft":
+                    summary = train_ebft(base_dir=model_dir, start_dir=model_dir, train_records=records,
+                                         chunk_length=1024, finetune=full, cfg=cfg, precision="bf16", seed=43,
+                                         out=work / name, strategy=strategy)  # fmt: skip
+                else:
+                    summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=1024, finetune=full,
+                                        sft=cfg, precision="bf16", seed=43, out=work / name,
+                                        strategy=strategy)  # fmt: skip
+            except Exception:  # noqa: BLE001  (an out-of-memory is a result here)
+                res[name] = {"error": traceback.format_exc()[-1500:]}
+                continue
+            peak = torch.cuda.max_memory_allocated()
+            guess = estimate(shape, method=method, finetune=full, section=cfg, chunk_length=1024, launch=launch,
+                             bf16=True, has_frozen_copy=True)  # fmt: skip
+            rows = (work / name / "train_metrics.csv").read_text()
+            res[name] = {"steps": summary["steps"], "wall_s": round(time.time() - t0, 1),
+                         "peak_gib": round(peak / GiB, 1), "estimate_gib": round(guess.total / GiB, 1),
+                         "measured_over_estimate": round(peak / guess.total, 2), "metrics": rows}  # fmt: skip
+    return res
+
+
 def section_rlvr(model_dir: Path, work: Path) -> dict:
     from baselines.rlvr import train_rlvr
     from ebft.config import EBFTConfig, FinetuneConfig, RLVRConfig
@@ -121,14 +162,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokenizer", required=True, help="a folder with SmolLM2's tokenizer files")
     p.add_argument("--arch", choices=sorted(ARCHS), default="qwen2.5-1.5b")
-    p.add_argument("--sections", default="ebft,rlvr,generation")
+    p.add_argument("--sections", default="ebft,rlvr,generation,fsdp")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     report = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "arch": a.arch}
     try:
         model_dir = build_model(a.arch, Path(a.tokenizer), work / "model")
-        sections = {"ebft": section_ebft, "rlvr": section_rlvr, "generation": section_generation}
+        sections = {
+            "ebft": section_ebft,
+            "rlvr": section_rlvr,
+            "generation": section_generation,
+            "fsdp": lambda model, where: section_fsdp(model, where, a.arch),
+        }
         for name in a.sections.split(","):
             t0 = time.time()
             try:

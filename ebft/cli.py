@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ebft.config import METHODS, LaunchConfig, plain
+from ebft.config import METHODS, STRATEGIES, LaunchConfig, plain
 from ebft.errors import UserError
 from ebft.paths import Layout, atomic_write
 from ebft.resolve import EVAL_KINDS, Job, job_from_json, read_study
@@ -108,7 +108,7 @@ def resolve_job(args) -> Job:
     return read_study(args.config).job(args.command, **wanted)
 
 
-def write_resolved(path: Path, job: Job, **paths) -> str:
+def write_resolved(path: Path, job: Job, strategy: str | None = None, **paths) -> str:
     """Write the settings a run used (and the folders it read) next to its outputs, atomically; return their hash.
 
     Training calls it once the run's outputs are written, so a run that fails leaves the provenance of the outputs
@@ -116,9 +116,10 @@ def write_resolved(path: Path, job: Job, **paths) -> str:
     """
     import torch
 
-    # the CPU threads and processes it ran with: outside the settings (and the hash), but they round differently
+    # the CPU threads, processes and strategy it ran with: outside the settings (and the hash), but they round
+    # differently
     ran = {"threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1")),
-           "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+           **({"strategy": strategy} if strategy else {}), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
     record = {"config_hash": job.hash, **{k: str(v) for k, v in paths.items()}, **ran, **plain(job)}
     atomic_write(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     return job.hash
@@ -217,13 +218,20 @@ def cmd_train(args, job: Job):
     }
     read = {"model_dir": model_dir, "data_dir": data_dir}
     from ebft.during import from_job
+    from ebft.sharding import Strategy
+
+    strategy = Strategy(args.strategy, not args.no_reshard_after_forward, args.cpu_offload)
+    if job.method == "rlvr" and strategy.sharded:
+        raise UserError("--strategy fsdp applies to SFT and EBFT; RLVR (TRL's GRPOTrainer) holds the whole model in "
+                        "one process here, so set the task's launch.strategy to ddp or leave RLVR out "
+                        "(reward: none).")  # fmt: skip
 
     common["evaluation"] = from_job(job, data_dir)  # held-out evaluations during training, where the profile asks
     if job.method == "sft":
         from baselines.sft import train_sft
 
         summary = train_sft(model_dir=model_dir, train_records=records, chunk_length=job.chunk_length, sft=job.sft,
-                            **common)  # fmt: skip
+                            strategy=strategy, **common)  # fmt: skip
     else:
         default_start = (layout.checkpoint("sft", job.task) if job.start.startswith("sft:")
                          else layout.model_dir(job.start.split(":", 1)[1]) if job.start.startswith("model:")
@@ -243,12 +251,13 @@ def cmd_train(args, job: Job):
 
             summary = train_ebft(base_dir=model_dir, start_dir=start_dir, train_records=records,
                                  chunk_length=job.chunk_length, cfg=job.ebft_config(), settings_hash=job.hash,
-                                 **common)  # fmt: skip
+                                 strategy=strategy, **common)  # fmt: skip
     if common["evaluation"] is None and int(os.environ.get("RANK", "0")) == 0:
         from ebft.during import EvalLog
 
         EvalLog(out).write()  # the workflow's outputs: no evaluation during training, so none listed
-    write_resolved(out / "resolved_config.yaml", job, **read)  # with the outputs it describes, once they exist
+    # with the outputs it describes, once they exist
+    write_resolved(out / "resolved_config.yaml", job, strategy=strategy.name if job.method != "rlvr" else None, **read)
     print(f"{job.method} on {job.task}: {summary['steps']} steps in {summary['wall_time_s']} s → {out} "
           f"(config {job.hash})")  # fmt: skip
 
@@ -378,7 +387,31 @@ def check_profile(spec: str, runs: bool = False) -> str:
             f"problem found.")  # fmt: skip
     if runs:
         line += "".join(f"\n{task}: " + " ".join(study.runs(task)) for task in study.tasks)
-    return line
+    return line + memory_lines(study)
+
+
+def memory_lines(study) -> str:
+    """Each SFT and EBFT training job's estimated peak GPU memory per process under its launch (ebft.memory), one
+    line per task and run, identical lines of a task's sweep runs folded."""
+    from ebft.memory import job_estimate
+
+    lines = ["\npeak GPU memory per training process (estimates, docs/cluster.md#gpu-memory-before-submitting):"]
+    for task in study.tasks:
+        launch = study.task(task).launch
+        how = f"{launch.strategy} × {launch.processes}" + (", cpu offload" if launch.cpu_offload else "")
+        model_dir = study.layout.model_dir(study.task(task).model_name)
+        seen: dict[str, list[str]] = {}
+        for run in study.runs(task):
+            found = job_estimate(study, task, run, model_dir)
+            if found is not None:
+                text = found.line()
+            else:
+                text = f"not estimated ({'RLVR runs TRL' if run == 'rlvr' else 'the architecture is unknown here'})"
+            seen.setdefault(text, []).append(run)
+        for text, runs in seen.items():
+            names = runs[0] if len(runs) == 1 else f"{runs[0]} and {len(runs) - 1} more"
+            lines.append(f"  {task} {names} ({study.task(task).model_name}, {how}): {text}")
+    return "\n".join(lines)
 
 
 def export_lm_eval(args) -> str:
@@ -485,6 +518,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--accelerate-config", default=LaunchConfig.accelerate_config,
                     help=f"accelerate's configuration file for --processes > 1 (default "
                          f"{LaunchConfig.accelerate_config})")  # fmt: skip
+    sp.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                    help="SFT and EBFT: ddp (each process holds the whole model) or fsdp (FSDP2 shards weights, "
+                         "gradients and optimiser state over the processes); default ddp")  # fmt: skip
+    sp.add_argument(
+        "--cpu-offload", action="store_true", help="with --strategy fsdp: keep the shards in host memory between uses"
+    )
+    sp.add_argument(
+        "--no-reshard-after-forward",
+        action="store_true",
+        help="with --strategy fsdp: keep each layer's gathered weights from its forward to its backward",
+    )
 
     sp = command("eval", cmd_eval, "Evaluate one model on one task.")
     sp.add_argument("--kind", required=True, choices=EVAL_KINDS, help="validation cross-entropy, held-out "

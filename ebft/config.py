@@ -37,6 +37,7 @@ BUILT_IN_KINDS = {"qa_code": "code", "unstructured_code": "code", "translation":
 TASK_NAME = "^[A-Za-z0-9_-]+$"  # a task's name is a folder name of its results
 DEFAULT_HELDOUT_FRACTION = 0.1  # a hub source without a held-out split holds out this fraction of its rows
 METHODS = ("sft", "ebft", "rlvr")  # trained methods; 'base' is always evaluated
+STRATEGIES = ("ddp", "fsdp")  # how a training job's processes hold the model (ebft.sharding)
 Attention = Literal["sdpa", "eager"]  # transformers' attn_implementation values that read the strided 4-D mask
 BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minItems", "maxItems", "minLength", "pattern")
 
@@ -517,6 +518,9 @@ class TaskConfig(Section):
     rlvr: dict[str, Any] | None = setting(None, "overrides of the global `rlvr` section")
     eval: dict[str, Any] | None = setting(None, "overrides of the global `eval` section, per evaluation (e.g. "
                                                 "code: {max_problems: 128})")  # fmt: skip
+    launch: dict[str, Any] | None = setting(None, "overrides of the global `launch` section for this task's SFT and "
+                                                  "EBFT training jobs (e.g. a 7B model's {processes: 8, strategy: "
+                                                  "fsdp}); memory_mb is set globally, per 'rule/task'")  # fmt: skip
 
 
 # TaskConfig fields that override a global section (merged key by key, nested sections too)
@@ -563,8 +567,18 @@ class LaunchConfig(Section):
                                   "--cores N runs N / threads jobs at once; None: every core Snakemake gives a job "
                                   "(--cores), one job at a time", minimum=1)  # fmt: skip
     accelerate_config: str = setting("config/accelerate/ddp.yaml", "accelerate's configuration file for "
-                                     "processes > 1, relative to the workflow's folder (DDP only: see "
-                                     "docs/cluster.md)", minLength=1)  # fmt: skip
+                                     "processes > 1, relative to the workflow's folder (it launches the processes; "
+                                     "the strategy below decides how they hold the model)", minLength=1)  # fmt: skip
+    strategy: Literal["ddp", "fsdp"] = setting("ddp", "how an SFT or EBFT training job's processes hold the model: "
+                                               "ddp (each a whole copy, gradients averaged) or fsdp (torch's FSDP2: "
+                                               "each holds 1/processes of the weights, gradients and optimiser "
+                                               "state; for models whose full fine-tuning does not fit one GPU). The "
+                                               "same update either way (tested), so not a job setting")  # fmt: skip
+    reshard_after_forward: bool = setting(True, "fsdp: free each layer's gathered weights after its forward (less "
+                                                "memory, one more gather in the backward)")  # fmt: skip
+    cpu_offload: bool = setting(False, "fsdp: keep the shards of weights, gradients and optimiser state in "
+                                       "host memory between uses (7B full fine-tuning on one 80 GB GPU; "
+                                       "slower)")  # fmt: skip
     memory_mb: dict[str, int] = setting(factory=dict, doc="peak memory in MB (Snakemake's mem_mb resource) of a "
                                         "rule's jobs, or of one task's ('rule/task'), e.g. {train_ebft: 7000, "
                                         "train_ebft/translation: 12000}; a task not named takes the rule's value, "

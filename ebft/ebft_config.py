@@ -49,6 +49,9 @@ TRL_NAMES = {
     "max_prompt_length": "c (context tokens before the first block) and s (the stride between blocks)",
     "bf16": "precision='bf16' (or 'auto')",
     "fp16": "precision ('auto', 'bf16' or 'fp32'; fp16 is not supported)",
+    "fsdp": "strategy='fsdp' (FSDP2 over every process; docs/cluster.md)",
+    "fsdp_config": "fsdp_reshard_after_forward and fsdp_cpu_offload (with strategy='fsdp')",
+    "deepspeed": "strategy='fsdp' (DeepSpeed is not offered; docs/cluster.md)",
     "attn_implementation": "attention",
     "epsilon": "nothing: EBFT is plain on-policy REINFORCE (one optimiser step per rollout batch, no ratio clipping)",
     "loss_type": "nothing: EBFT's loss is fixed (docs/method.md §2)",
@@ -79,6 +82,13 @@ class EBFTConfig(config.EBFTConfig):
                                    "output_dir/train_metrics.csv (always written): tensorboard, wandb, trackio; "
                                    "'none' or 'csv' for nothing more")  # fmt: skip
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward pass")
+    strategy: Literal["ddp", "fsdp"] = setting("ddp", "how the processes hold the model: ddp (each a whole copy) or "
+                                                      "fsdp (FSDP2 shards of weights, gradients and optimiser state; "
+                                                      "docs/cluster.md)")  # fmt: skip
+    fsdp_reshard_after_forward: bool = setting(True, "fsdp: free each layer's gathered weights after its forward "
+                                                     "(less memory, one more gather in the backward)")  # fmt: skip
+    fsdp_cpu_offload: bool = setting(False, "fsdp: keep weights, gradients and optimiser state in host memory "
+                                            "between uses (7B full fine-tuning on one 80 GB GPU)")  # fmt: skip
     eval_max_chunks: int | None = setting(None, "evaluate(): the first held-out chunks scored; null: all", minimum=1)
     hub_model_id: str | None = setting(None, "push_to_hub(): the repository; null: the output folder's name")
     beta: float = setting(0.0, "diversity coefficient of the reward (α·alignment − β·diversity; needs n ≥ 3 when > "
@@ -123,6 +133,12 @@ class EBFTConfig(config.EBFTConfig):
     def from_section(cls, section: config.EBFTConfig, **run) -> EBFTConfig:
         """A profile's resolved ``ebft`` section with the run's settings (``output_dir``, ``chunk_length``, …)."""
         return cls(**{**dataclasses.asdict(section), **run})
+
+    def sharding(self):
+        """The run's :class:`ebft.sharding.Strategy`."""
+        from ebft.sharding import Strategy
+
+        return Strategy(self.strategy, self.fsdp_reshard_after_forward, self.fsdp_cpu_offload)
 
     def section(self) -> config.EBFTConfig:
         """The profile section's part of these settings."""

@@ -78,12 +78,12 @@ def ddp_scaled(x: torch.Tensor, processes: int) -> torch.Tensor:
 
 
 def require_data_parallel(accelerator) -> None:
-    """Refuse a sharded strategy: the trainers sample from, save and resume the whole unsharded model."""
+    """Refuse accelerate's own FSDP and DeepSpeed: the trainers shard the model themselves (``ebft.sharding``), with
+    accelerate launching the processes only."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
     if kind not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise UserError(f"accelerate launched this training as {kind.value}, but the SFT and EBFT trainers support "
-                        f"data parallelism only (they sample from, save and resume the whole model); use "
-                        f"config/accelerate/ddp.yaml, with finetune.gradient_checkpointing and micro-batches for "
-                        f"memory.")  # fmt: skip
+        raise UserError(f"accelerate launched this training as {kind.value}, but the SFT and EBFT trainers shard the "
+                        f"model themselves; use config/accelerate/ddp.yaml to launch the processes and set "
+                        f"launch.strategy to fsdp (EBFTConfig(strategy='fsdp')) for sharded training.")  # fmt: skip

@@ -35,6 +35,7 @@ from ebft.config import (
     EvalConfig,
     FinetuneConfig,
     FMEvalConfig,
+    LaunchConfig,
     ModelConfig,
     ModelSource,
     Profile,
@@ -78,6 +79,7 @@ class Task:
     ebft: EBFTConfig
     rlvr: RLVRConfig
     eval: EvalConfig
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)  # how its training jobs run (no setting)
 
     def section(self, method: str) -> SFTConfig | EBFTConfig | RLVRConfig:
         """The task's resolved settings of a trained method."""
@@ -542,6 +544,12 @@ def load_study(raw: dict) -> Study:
             overrides = getattr(tc, key) or {}
             where = f"tasks.{name}.{key}" if overrides else key
             merged[key] = build(cls, deep_merge(plain(getattr(profile, key)), overrides), where)
+        launch = profile.launch
+        if tc.launch:
+            if "memory_mb" in tc.launch:
+                raise ConfigError(f"tasks.{name}.launch sets memory_mb, which is set once for the profile; write it "
+                                  f"as launch.memory_mb: {{'train_ebft/{name}': …}}.")  # fmt: skip
+            launch = build(LaunchConfig, deep_merge(plain(profile.launch), tc.launch), f"tasks.{name}.launch")
         ebft = merged["ebft"]
         try:
             layout.num_blocks(tc.chunk_length, ebft.c, ebft.s, ebft.G)
@@ -560,7 +568,8 @@ def load_study(raw: dict) -> Study:
         kind = profile.task_kind(name)
         evaluations = task_evaluations(name, kind, tc, source)
         tasks[name] = Task(name=name, model_name=tc.model, model=profile.models[tc.model], source=source,
-                           chunk_length=tc.chunk_length, kind=kind, **evaluations, **merged)  # fmt: skip
+                           chunk_length=tc.chunk_length, kind=kind, launch=launch, **evaluations,
+                           **merged)  # fmt: skip
     study = Study(profile, tasks, _sweep_points(profile, tasks))
     if "rlvr" in profile.methods and not any(t.reward != "none" for t in tasks.values()):
         raise ConfigError("methods lists rlvr but no task sets a 'reward'; set tasks.<task>.reward or drop rlvr.")
@@ -573,18 +582,19 @@ def load_study(raw: dict) -> Study:
 
 
 def _check_launch(study: Study) -> None:
-    """launch.processes must split every global batch of the SFT and EBFT jobs it launches evenly."""
-    P = study.profile.launch.processes
-    if P == 1:
-        return
+    """launch.processes (the task's) must split every global batch of the SFT and EBFT jobs it launches evenly."""
     for name, spec in study.tasks.items():
+        P = spec.launch.processes
+        if P == 1:
+            continue
+        where = f"tasks.{name}.launch.processes" if study.profile.tasks[name].launch else "launch.processes"
         sizes = {"sft": ("sft.batch_size", spec.sft.batch_size), "ebft": ("ebft.batch_size", spec.ebft.batch_size)}
         batches = [sizes[m] for m in ("sft", "ebft") if m in study.trained(name)]
         batches += [(f"ebft.batch_size of sweep run {p.id}", p.ebft.batch_size) for p in study.points(name)]
         for key, size in batches:
             if size % P:
-                raise ConfigError(f"tasks.{name}: {key} is {size}, which launch.processes ({P}) cannot split "
-                                  f"evenly; make it a multiple of {P} or change launch.processes.")  # fmt: skip
+                raise ConfigError(f"tasks.{name}: {key} is {size}, which {where} ({P}) cannot split evenly; make "
+                                  f"it a multiple of {P} or change {where}.")  # fmt: skip
 
 
 def read_study(spec: str) -> Study:

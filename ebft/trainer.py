@@ -33,7 +33,6 @@ leave it off), and blocks whose ground truth leaves its anchor's document get no
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -47,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ebft import during, optim, scoring, strided
+from ebft import during, optim, scoring, sharding, strided
 from ebft.config import EBFTConfig as EBFTSection
 from ebft.config import FinetuneConfig, config_hash
 from ebft.ebft_config import EBFTConfig
@@ -81,7 +80,8 @@ EVENTS = ("on_init_end", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on
 # settings that change where or how often things are written, not what a step computes: a run may be resumed with
 # other values
 UNIDENTIFYING = ("output_dir", "report_to", "tensorboard", "log_every", "checkpoint_every", "eval_max_chunks",
-                 "eval_every", "hub_model_id")  # fmt: skip
+                 "eval_every", "hub_model_id", "strategy", "fsdp_reshard_after_forward",
+                 "fsdp_cpu_offload")  # fmt: skip
 BUDGETS, EVAL_FIELDS = during.BUDGETS, during.EVAL_FIELDS
 
 
@@ -167,6 +167,7 @@ class EBFTTrainer:
         self._matched: dict[str, int] = {}
         self._downstream: during.Settings | None = None  # the workflow's downstream evaluations during training
         self._downstream_at: set[int] = set()
+        self._root: StridedPolicy | None = None  # the policy with the frozen networks, sharded under FSDP (train())
         self.peft_settings = _plain(peft_config.to_dict()) if peft_config is not None else None
         self.callbacks = [cb() if isinstance(cb, type) else cb for cb in (callbacks or [])]
         self.state = TrainerState(is_local_process_zero=self.accelerator.is_local_main_process,
@@ -225,22 +226,32 @@ class EBFTTrainer:
         checkpoint = out / "checkpoint"
         source = _checkpoint_source(resume_from_checkpoint, checkpoint)
         out.mkdir(parents=True, exist_ok=True)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not trainable:
+        if not any(p.requires_grad for p in self.model.parameters()):
             raise UserError("the model has no trainable parameters; pass a peft_config, a peft model with trainable "
                             "adapters, or a model whose weights require gradients.")  # fmt: skip
-        optimizer = optim.adamw(trainable, args)
         share = optim.process_share(args.batch_size, accelerator.num_processes, "ebft.batch_size")
         steps_per_epoch, total_steps = optim.ebft_step_budget(len(self.chunks), args)
-        scheduler = optim.lr_schedule(optimizer, args, total_steps)  # stepped here, once per optimiser step
         # The policy's loss forward is one call of a module around the model (two forwards on the shared-prefix path),
-        # so that DDP sees one forward per backward; the sampler and the features call the model itself, without
-        # gradients.
-        policy, optimizer = accelerator.prepare(StridedPolicy(self.model), optimizer)
-        model = accelerator.unwrap_model(policy).model
-        for m in (self.frozen, self.kl_ref):
-            if m is not None:
-                m.to(accelerator.device)
+        # so that DDP sees one forward per backward; the sampler, the features and the evaluations run through its
+        # `run`, without gradients. Under FSDP that module is the sharded root (ebft.sharding).
+        strategy = args.sharding()
+        if self._root is None:
+            root = StridedPolicy(self.model, self.frozen, self.kl_ref, own=strategy.sharded)
+            if strategy.sharded:
+                self._root = sharding.shard(root, strategy, accelerator.device)
+            else:
+                for m in (self.frozen, self.kl_ref):
+                    if m is not None:
+                        m.to(accelerator.device)
+                self._root = root
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # the shards, under FSDP
+        optimizer = optim.adamw(trainable, args)
+        scheduler = optim.lr_schedule(optimizer, args, total_steps)  # stepped here, once per optimiser step
+        if strategy.sharded:
+            policy = self._root
+        else:
+            policy, optimizer = accelerator.prepare(self._root, optimizer)
+        model = self.model
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         identity = self.identity()
         held_out, plan = None, {}
@@ -327,7 +338,9 @@ class EBFTTrainer:
                    "chunk_length": args.chunk_length, "blocks_per_chunk": self.valid_blocks.shape[1],
                    "valid_block_fraction": float(self.valid_blocks.float().mean()),
                    "trainable_parameters": sum(p.numel() for p in trainable), "mixed_precision": self.mixed_precision,
-                   "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 2),
+                   "processes": accelerator.num_processes, "strategy": strategy.name,
+                   "parameters_per_process": sharding.local_parameters(self.model),
+                   "wall_time_s": round(time.time() - started, 2),
                    "feature_network": self.feature_source, "identity": identity, "budget": budget,
                    "ebft": dataclasses.asdict(args.section())}  # fmt: skip
         if accelerator.is_main_process and not stopped:
@@ -339,9 +352,10 @@ class EBFTTrainer:
         """Write the model as a plain Hugging Face folder, ``<output_dir>/model`` (adapters merged into a copy), with
         the tokenizer, and for a peft model its adapter in ``<output_dir>/adapter``; :attr:`model` is unchanged."""
         out = Path(output_dir or self.args.output_dir)
+        model = sharding.gathered(self.model, keep=self.accelerator.is_main_process)  # whole, under FSDP
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_checkpoint(self.model, self.processing_class, out, "lora" if self.is_peft else "full")
+            save_checkpoint(model, self.processing_class, out, "lora" if self.is_peft else "full")
 
     def push_to_hub(self, commit_message: str = "EBFT", **kwargs) -> str:
         """Save the model and upload ``output_dir/model`` to ``args.hub_model_id`` (or the output folder's name);
@@ -369,10 +383,15 @@ class EBFTTrainer:
         if data is None:
             raise UserError("evaluate() got no eval_dataset and the trainer has none; pass one.")
         spec = self._held_out_spec(data)
+        return self._record_evaluation(self._held_out_rows(spec), self.state.global_step, metric_key_prefix)
+
+    def _held_out_rows(self, spec: during.HeldOut) -> list[dict]:
+        """The held-out rows of the model as it is: through the (sharded) root once training has built it."""
         device = self.accelerator.device
-        model = self.accelerator.unwrap_model(self.model).to(device)
-        rows = spec.rows(model, lambda: feature_network(model, self.frozen), device)
-        return self._record_evaluation(rows, self.state.global_step, metric_key_prefix)
+        if self._root is not None:
+            return self._root.run(lambda root: spec.rows(root.model, root.features, device))
+        model = self.model.to(device)
+        return spec.rows(model, lambda: feature_network(model, self.frozen), device)
 
     def _record_evaluation(self, rows: list[dict], step: int, prefix: str = "eval") -> dict:
         """Evaluation rows as ``{"<prefix>_<metric>": value, …_ci_low, …_ci_high}``, appended to the log history at
@@ -403,10 +422,9 @@ class EBFTTrainer:
     def _held_out(self, spec: during.HeldOut, step: int, budget: dict, evals: during.EvalLog, matched: str) -> None:
         """An evaluation during training, in fp32, with the step and the budgets spent so far: recorded in ``evals``
         (``eval_metrics.csv``, ``eval_units.json``) and passed to the callbacks."""
-        device = self.accelerator.device
-        model = self.accelerator.unwrap_model(self.model).to(device)
-        rows = spec.rows(model, lambda: feature_network(model, self.frozen), device)
+        rows = self._held_out_rows(spec)
         if step in self._downstream_at:
+            model = sharding.gathered(self.model, keep=self.accelerator.is_main_process)
             rows += self._downstream.downstream(self.accelerator, model, self.processing_class,
                                                 "lora" if self.is_peft else "full", Path(self.args.output_dir),
                                                 step)  # fmt: skip
@@ -510,19 +528,31 @@ def _plain(obj):
 
 
 def weights_fingerprint(*models) -> str:
-    """A fingerprint of ``models``' weights: each tensor's name, shape, dtype, float64 sum and 4,096 evenly spaced
-    values (a changed weight changes it; cheap enough for a 7B model)."""
+    """A fingerprint of ``models``' weights: each tensor's name, shape, dtype, the sum of its values' bit patterns as
+    integers and 4,096 evenly spaced values (a changed weight changes it; cheap enough for a 7B model).
+
+    The sum is of integers, so it is exact whatever the order of the additions: a float sum came out differently under
+    another thread count, so a run resumed with other threads per process (on another process count) refused its own
+    checkpoint as written for another starting model."""
     h = hashlib.sha256()
     for model in models:
         if model is None:
             continue
         for name, t in model.state_dict().items():
             flat = t.detach().reshape(-1)
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{float(flat.sum(dtype=torch.float64))!r}|".encode())
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{_bit_sum(flat)}|".encode())
             sample = flat[:: max(1, flat.numel() // 4096)]
             h.update(sample.float().cpu().numpy().tobytes() if sample.is_floating_point() else sample.cpu().numpy()
                      .tobytes())  # fmt: skip
     return h.hexdigest()[:16]
+
+
+def _bit_sum(flat: torch.Tensor) -> int:
+    """The exact sum of a tensor's elements read as integers of their width (floats: their bit patterns)."""
+    if flat.is_floating_point():
+        width = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[flat.element_size()]
+        flat = flat.contiguous().view(width)
+    return int(flat.sum(dtype=torch.int64)) if flat.dtype != torch.bool else int(flat.sum())
 
 
 def data_fingerprint(chunks: PackedChunks) -> str:
@@ -560,6 +590,7 @@ def train_ebft(
     *, base_dir: Path, start_dir: Path, train_records: list[dict], chunk_length: int, finetune: FinetuneConfig,
     cfg: EBFTSection, precision: str, seed: int, out: Path, settings_hash: str | None = None,
     halt_after: int | None = None, attention: str = "sdpa", evaluation: during.Settings | None = None,
+    strategy: sharding.Strategy | None = None,
 ) -> dict:  # fmt: skip
     """One EBFT run of the workflow, from folders: :class:`EBFTTrainer` on the model in ``start_dir`` (features from
     ``base_dir``), writing ``out``; resumes a checkpoint in ``out/checkpoint`` written by the same settings, data and
@@ -568,11 +599,14 @@ def train_ebft(
     ``settings_hash`` identifies the settings (:attr:`ebft.resolve.Job.hash`; by default a hash of these arguments).
     ``halt_after`` stops (as if killed) right after saving the checkpoint of that step: for resume tests.
     ``evaluation``: the workflow's evaluations during training (:mod:`ebft.during`; ``cfg.eval_every``), with its
-    settings and at the steps matched to SFT's budgets.
+    settings and at the steps matched to SFT's budgets. ``strategy``: how the processes hold the model (the task's
+    ``launch``; default DDP).
     """
+    strategy = strategy or sharding.Strategy()
     args = EBFTConfig.from_section(cfg, output_dir=str(out), chunk_length=chunk_length, seed=seed, precision=precision,
-                                   attention=attention,
-                                   gradient_checkpointing=finetune.gradient_checkpointing)  # fmt: skip
+                                   attention=attention, gradient_checkpointing=finetune.gradient_checkpointing,
+                                   strategy=strategy.name, fsdp_reshard_after_forward=strategy.reshard_after_forward,
+                                   fsdp_cpu_offload=strategy.cpu_offload)  # fmt: skip
     tokenizer = load_tokenizer(start_dir)
     check_model_dir(base_dir)  # a folder, or one sentence
     separate_features = finetune.mode == "full" or Path(start_dir) != Path(base_dir)
@@ -603,8 +637,9 @@ def ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch: 
     ``sample_seeds``: one per chunk of the batch; the n rollouts of chunk b draw from a stream seeded with
     ``sample_seeds[b]``. Under bf16 autocast the frozen weights run on their casts, made once
     (:func:`ebft.models.frozen_weights_cast`)."""
-    model = accelerator.unwrap_model(policy).model
-    with frozen_weights_cast(autocast_of(accelerator), model, frozen, kl_ref):
+    root = accelerator.unwrap_model(policy)
+    cast = None if sharding.is_sharded(root) else autocast_of(accelerator)  # FSDP gathers weights itself
+    with frozen_weights_cast(cast, root.model, frozen, kl_ref):
         return _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch, valid, cfg, sample_seeds)
 
 
@@ -616,31 +651,31 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     B, L = batch.input_ids.shape
     chunks = batch.input_ids.to(device).repeat_interleave(n, dim=0)  # (B·n, L): n copies of each chunk
     docs = batch.document.to(device).repeat_interleave(n, dim=0) if cfg.document_mask else None  # (B·n, L)
-    model = accelerator.unwrap_model(policy).model
+    root = accelerator.unwrap_model(policy)
+    R = B * n
+    size = cfg.micro_batch_size or R
+    if accelerator.num_processes > 1 and sharding.skew(accelerator.process_index):  # tests: one process differs
+        size = max(1, size // 2)
+    micro = [slice(i, i + size) for i in range(0, R, size)]
+    # under FSDP every process must make the same forwards (the sampler's, the features', the loss's)
+    sharding.same_forwards(accelerator, "an EBFT step", (R, L, len(micro), int(cfg.kl_coef > 0)))
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in sample_seeds]  # one per chunk
     with accelerator.autocast():
-        blocks = strided.sample_blocks(
-            model,
-            chunks,
-            c,
-            s,
-            G,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            generator=generators,
-            use_cache=cfg.use_cache,
-            documents=docs,
-        )  # (B·n, NB, G)
+        blocks = root.run(lambda r: strided.sample_blocks(r.model, chunks, c, s, G, temperature=cfg.temperature,
+                                                          top_p=cfg.top_p, generator=generators,
+                                                          use_cache=cfg.use_cache, documents=docs))  # fmt: skip
     sample_s = time.time() - t0
     seq = strided.strided_sequence(chunks, blocks)  # (B·n, S)
     NB = blocks.shape[1]
 
-    R = B * n
-    micro = [slice(i, i + (cfg.micro_batch_size or R)) for i in range(0, R, cfg.micro_batch_size or R)]
-    with accelerator.autocast(), feature_network(model, frozen) as net:
-        parts = [scoring.strided_features(net, seq[m], L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
-                                          documents=docs[m] if docs is not None else None, shared=cfg.shared_prefix)
-                 for m in micro]  # fmt: skip
+    def features(r):
+        with r.features() as net:
+            return [scoring.strided_features(net, seq[m], L, c, s, G, layers=cfg.feature_layers, pooling=cfg.pooling,
+                                             documents=docs[m] if docs is not None else None,
+                                             shared=cfg.shared_prefix) for m in micro]  # fmt: skip
+
+    with accelerator.autocast():
+        parts = root.run(features)
     gt_feat, gen_feat = (torch.cat([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i in (0, 1))
     features_s = time.time() - t0 - sample_s
     gen_feat = gen_feat.view(B, n, NB, -1)  # (B, n, NB, D)
@@ -670,7 +705,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     t_policy_start = time.time()
     for i, m in enumerate(micro):
         last = i == len(micro) - 1
-        with accelerator.no_sync(policy) if not last else contextlib.nullcontext():  # DDP all-reduces once
+        with sharding.no_sync(accelerator, policy, last):  # the gradients are reduced once, after the last
             with accelerator.autocast():
                 mdocs = docs[m] if docs is not None else None
                 score = dict(temperature=cfg.temperature, targets=targets[m], documents=mdocs,
@@ -680,8 +715,12 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
                 ce = optim.ddp_scaled(nll.sum() / ce_tokens, P)
                 kl = torch.zeros((), device=device)
                 if cfg.kl_coef > 0:
-                    with torch.no_grad(), feature_network(model, kl_ref) as ref:
-                        ref_logp, _ = scoring.policy_scores(ref, seq[m], L, c, s, G, **score)
+
+                    def reference(r, m=m, score=score):
+                        with torch.no_grad(), feature_network(r.model, r.kl_ref) as ref:
+                            return scoring.policy_scores(ref, seq[m], L, c, s, G, **score)[0]
+
+                    ref_logp = root.run(reference)
                     per_seq_kl = (kl_penalty(logp, ref_logp, cfg.kl_estimator) * token_keep[m]).sum(dim=(1, 2))
                     kl = optim.ddp_scaled((per_seq_kl / per_seq_tokens[m].clamp_min(1)).sum() / n_seq, P)
                 loss = policy_loss + cfg.gamma * ce + cfg.kl_coef * kl
@@ -692,7 +731,7 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     policy_loss, ce, kl, loss = (terms[k] for k in ("policy_loss", "ce", "kl", "loss"))
     t_policy = time.time()
     policy_s = t_policy - t_policy_start
-    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    grad_norm = sharding.clip_grad_norm(accelerator, policy.parameters(), cfg.grad_clip)
     lr = scheduler.get_last_lr()[0]  # the rate this step uses (warm-up starts at 0)
     optimizer.step()
     scheduler.step()
@@ -719,12 +758,9 @@ def _ebft_step(accelerator, policy, frozen, kl_ref, optimizer, scheduler, batch:
     }  # fmt: skip
 
 
-class StridedPolicy(torch.nn.Module):
-    """The policy as the loss sees it: ``forward`` returns :func:`ebft.scoring.policy_scores` of ``model``."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
+class StridedPolicy(sharding.Root):
+    """The policy as the loss sees it: ``forward`` returns :func:`ebft.scoring.policy_scores` of ``model``; the frozen
+    networks ride along (:class:`ebft.sharding.Root`)."""
 
     def forward(self, seq, L, c, s, G, **kw):
         return scoring.policy_scores(self.model, seq, L, c, s, G, **kw)
@@ -752,17 +788,27 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
 
+def _trainable_shapes(model) -> dict[str, torch.Size]:
+    """The whole shapes of the trainable weights (of the full tensors, under FSDP)."""
+    return {k: v.shape for k, v in model.named_parameters() if v.requires_grad}
+
+
 def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int, identity: dict,
                 rows: list[dict], extra: dict | None = None) -> None:  # fmt: skip
     """Resumable state: trainable weights (adapter or all), optimiser, scheduler, step, the per-step metric rows so
     far and what identifies the run (its settings, training data and starting weights; written atomically)."""
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if sharding.is_sharded(model):  # whole tensors, gathered by every process: the format of an unsharded run
+        trainable = sharding.full_state(model, trainable_only=True, keep=main)
+        moments = sharding.full_optimizer_state(optimizer, keep=main)
+    elif main:
+        trainable, moments = _trainable_state(model), optimizer.state_dict()
+    if not main:
         return
     path.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "identity": identity,
-             "trainable": _trainable_state(model),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    state = {"step": step, "identity": identity, "trainable": trainable,
+             "optimizer": moments, "scheduler": scheduler.state_dict(),
              "rng": torch.get_rng_state(), "rows": list(rows), "extra": extra or {}}  # fmt: skip
     tmp = path / "state.pt.partial"
     torch.save(state, tmp)
@@ -786,7 +832,7 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
     except Exception as e:  # noqa: BLE001  (a truncated or foreign file: whatever torch.load raises)
         state, problem = {}, f"it cannot be read ({type(e).__name__})"
     else:
-        problem = _unusable(state, identity, _trainable_state(model))
+        problem = _unusable(state, identity, _trainable_shapes(model))
     if problem:
         if strict:
             raise UserError(f"the checkpoint in {path} cannot be continued by this run: {problem}; train into another "
@@ -797,11 +843,10 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
                   flush=True)  # fmt: skip
             shutil.rmtree(path)
         return 0, [], {}
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    params = dict(model.named_parameters())
+    for name, value in state["trainable"].items():
+        sharding.load_full_(params[name], value)  # or this process's shard of it
+    sharding.load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     return int(state["step"]), list(state["rows"]), dict(state.get("extra") or {})
@@ -810,7 +855,7 @@ def _resume(accelerator, path: Path, model, optimizer, scheduler, identity: dict
 IDENTITY = {"settings": "other settings", "data": "other training data", "model": "another starting model"}
 
 
-def _unusable(state: dict, identity: dict, trainable: dict) -> str | None:
+def _unusable(state: dict, identity: dict, shapes: dict) -> str | None:
     """Why a loaded checkpoint cannot be continued by this run, or None."""
     if not isinstance(state, dict) or "step" not in state:
         return "it is not an EBFT checkpoint"
@@ -821,8 +866,8 @@ def _unusable(state: dict, identity: dict, trainable: dict) -> str | None:
     if "rows" not in state:
         return "it predates checkpoints that carry their metric rows"
     saved = state.get("trainable", {})
-    differ = [k for k in trainable.keys() | saved.keys()
-              if k not in trainable or k not in saved or trainable[k].shape != saved[k].shape]  # fmt: skip
+    differ = [k for k in shapes.keys() | saved.keys()
+              if k not in shapes or k not in saved or shapes[k] != saved[k].shape]  # fmt: skip
     if differ:
         return f"its trainable weights differ from this model's ({len(differ)} tensors, e.g. {sorted(differ)[0]})"
     return None

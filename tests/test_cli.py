@@ -275,8 +275,9 @@ def test_several_processes_are_refused_where_they_cannot_run(capsys, tmp_path, m
 
 
 @pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
-def test_the_trainers_refuse_a_sharded_strategy(kind):
-    """They sample from, save and resume the whole model: FSDP or DeepSpeed would need their own paths."""
+def test_the_trainers_refuse_accelerates_own_sharding(kind):
+    """The trainers shard the model themselves (launch.strategy: fsdp, ebft.sharding); accelerate's FSDP or DeepSpeed
+    plugins would wrap it in another way, so a configuration that asks for them is refused, naming the setting."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -285,5 +286,5 @@ def test_the_trainers_refuse_a_sharded_strategy(kind):
     from ebft.errors import UserError
 
     optim.require_data_parallel(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU))
-    with pytest.raises(UserError, match="data parallelism only"):
+    with pytest.raises(UserError, match="shard the model themselves.*set launch.strategy to fsdp"):
         optim.require_data_parallel(SimpleNamespace(distributed_type=getattr(DistributedType, kind)))

@@ -27,7 +27,8 @@ def profile(name):
 def test_every_profile_resolves_and_meets_the_schema(name):
     check_schema(profile(name))
     study = load_study(profile(name))
-    assert set(study.tasks) == {"qa_code", "unstructured_code", "translation"}
+    extra = {"qa_code_7b"} if name == "paper" else set()  # the paper's 7B scaling task
+    assert set(study.tasks) == {"qa_code", "unstructured_code", "translation", *extra}
 
 
 @pytest.mark.parametrize(
@@ -94,6 +95,37 @@ def test_a_jobs_memory_is_its_tasks_else_its_rules_else_the_largest_of_its_tasks
     assert launch.memory("train_rlvr", "translation") == 3500
     assert launch.memory("train_rlvr", "unstructured_code") == 11500  # no rule value: the largest of its tasks'
     assert launch.memory("eval_ce", "qa_code") is None  # not sized: Snakemake's default
+
+
+def test_a_task_launches_its_training_jobs_its_own_way_over_the_profiles_launch():
+    """tasks.<task>.launch lays the task's processes and strategy over the global launch (the paper's 7B task: 8 FSDP
+    processes); the other tasks keep the global one, and the task's processes must split its own batches."""
+    raw = profile("smoke")
+    raw["launch"] = {"processes": 2, "threads": 1}
+    raw["tasks"]["qa_code"]["launch"] = {"processes": 4, "strategy": "fsdp", "cpu_offload": True}
+    raw["tasks"]["qa_code"]["ebft"] = {"batch_size": 4}
+    raw["tasks"]["qa_code"]["sft"] = {"batch_size": 8}
+    study = load_study(raw)
+    mine, other = study.tasks["qa_code"].launch, study.tasks["translation"].launch
+    assert (mine.processes, mine.strategy, mine.cpu_offload, mine.threads) == (4, "fsdp", True, 1)
+    assert (other.processes, other.strategy, other.cpu_offload) == (2, "ddp", False)
+    plain = load_study(profile("smoke"))  # how jobs are launched is none of their settings
+    assert (
+        study.job("train", task="translation", method="ebft").hash
+        == plain.job("train", task="translation", method="ebft").hash
+    )
+    bad = copy.deepcopy(raw)
+    bad["tasks"]["qa_code"]["ebft"] = {"batch_size": 2}
+    with pytest.raises(ConfigError, match=r"tasks.qa_code: ebft.batch_size is 2, which tasks.qa_code.launch.processes "
+                                          r"\(4\) cannot split evenly"):  # fmt: skip
+        load_study(bad)
+    bad = copy.deepcopy(raw)
+    bad["tasks"]["qa_code"]["launch"] = {"strategy": "zero3"}
+    with pytest.raises(ConfigError, match=r"'tasks.qa_code.launch.strategy' is 'zero3'"):
+        load_study(bad)
+    bad["tasks"]["qa_code"]["launch"] = {"memory_mb": {"train_ebft": 9000}}
+    with pytest.raises(ConfigError, match=r"tasks.qa_code.launch sets memory_mb, which is set once for the profile"):
+        load_study(bad)
 
 
 def test_missing_profile_file_is_one_sentence():
@@ -315,7 +347,8 @@ def test_no_module_reads_the_raw_profile_but_the_resolver():
 
 def test_the_paper_sweeps_are_27_ebft_runs_per_task_one_of_them_the_ebft_run():
     study = load_study(profile("paper"))
-    for task in study.tasks:
+    assert study.points("qa_code_7b") == []  # the 7B scaling task trains SFT and EBFT only
+    for task in ("qa_code", "unstructured_code", "translation"):
         points = study.points(task)
         assert len(points) == 27 and len({p.id for p in points}) == 27
         same = [p for p in points if p.same_as]

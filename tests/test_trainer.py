@@ -269,6 +269,28 @@ def test_a_checkpoint_of_another_lora_rank_starts_afresh_instead_of_crashing(tin
     assert next(v for k, v in trainable_weights(out).items() if "lora_A" in k).shape[0] == 4
 
 
+def test_the_starting_weights_fingerprint_does_not_depend_on_the_thread_count():
+    """Regression: the fingerprint summed each weight in float64, whose rounding depends on how many threads split the
+    sum, so a run resumed with other threads per process (2 processes × 1 thread after 1 × 2) refused its own
+    checkpoint as written for another starting model; it now sums the values' bit patterns as integers, exactly."""
+    from ebft.trainer import weights_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 3000), torch.nn.Linear(3000, 8).to(torch.bfloat16))
+    threads = torch.get_num_threads()
+    try:
+        prints = set()
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            prints.add(weights_fingerprint(model))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(prints) == 1
+    with torch.no_grad():
+        model[0].weight[5, 7] = torch.nextafter(model[0].weight[5, 7], torch.tensor(1.0))  # one bit of one weight
+    assert weights_fingerprint(model) not in prints
+
+
 def test_micro_batches_accumulate_to_the_whole_rollout_batchs_update(tiny_model_dir, records, tmp_path):
     """Gradient accumulation (the released 16 × 4 batch in micro-batches of 8 sequences on one GPU): the same rollouts,
     the batch's 6 sequences forward and backward as 4 + 2, give the same losses, gradient norms and weights as all 6

@@ -368,24 +368,35 @@ def test_every_figure_the_report_can_draw_has_a_caption_for_snakemakes_html_repo
 @pytest.mark.parametrize("processes", [1, 2])
 def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_env, processes):
     """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` on a machine without SLURM: every job
-    is planned, the training jobs with their partition, memory, time and a GPU per process of the profile's
-    `launch`; SFT and EBFT start that many processes through accelerate, RLVR one."""
+    is planned, the training jobs with their partition, memory, time and a GPU per process of the task's `launch`;
+    SFT and EBFT start that many processes through accelerate, RLVR one. The 7B task's SFT and EBFT run sharded
+    (FSDP) over a node of 8 GPUs whatever the global launch says, with their own host memory, and it has no RLVR."""
     launch = tmp_path / "launch.yaml"  # laid over the profile, as a user would: --configfile config/paper.yaml FILE
     launch.write_text(f"launch: {{processes: {processes}}}\n")
     cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-           str(launch), "--config", f"results_dir={tmp_path}"]  # fmt: skip
+           str(launch), "--config", f"results_dir={tmp_path}", "--resources", "mem_mb=100000000"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert job_stats(out)["train_sweep"] == 78
-    flags = f"--processes {processes} --accelerate-config config/accelerate/ddp.yaml"
-    for rule in ("train_sft", "train_ebft", "train_sweep", "train_rlvr"):
-        block, command = out.split(f"rule {rule}:", 1)[1].split("Shell command:", 1)
-        command = command.split("\n\n", 1)[0]
-        gpus = 1 if rule == "train_rlvr" else processes
+    seen = set()
+    for block in re.split(r"^(?=rule train_\w+:)", out, flags=re.M)[1:]:
+        rule = re.match(r"rule (train_\w+):", block)[1]
+        task = re.search(r"wildcards: .*\btask=(\w+)", block)[1]
+        command = block.split("Shell command:", 1)[1].split("\n\n", 1)[0]
+        seen.add((rule, task))
+        big = task == "qa_code_7b"
+        gpus = 1 if rule == "train_rlvr" else 8 if big else processes
         assert "slurm_partition=gpu" in block and "runtime=" in block, rule
-        assert re.search(rf"\bgpu={gpus}\b", block), rule
-        assert (flags in command) == (processes > 1 and rule != "train_rlvr"), rule
+        assert re.search(rf"\bgpu={gpus}\b", block), (rule, task)
+        flags = f"--processes {gpus} --accelerate-config config/accelerate/ddp.yaml"
+        assert (flags in command) == (gpus > 1), (rule, task)
+        assert ("--strategy fsdp" in command) == big, (rule, task)
+        if big:
+            assert f"mem_mb={400000 if rule == 'train_sft' else 640000}" in block, rule
+            assert "Qwen/Qwen2.5-7B" in command
+    assert {("train_sft", "qa_code_7b"), ("train_ebft", "qa_code_7b")} <= seen
+    assert ("train_rlvr", "qa_code_7b") not in seen and ("train_sweep", "qa_code_7b") not in seen
 
 
 def test_the_cpu_profile_fixes_each_jobs_threads_and_sizes_its_memory(tmp_path, cli_env):

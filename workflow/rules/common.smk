@@ -23,12 +23,33 @@ _ebft = Path(sys.executable).parent / "ebft"
 EBFT = shlex.quote(str(_ebft)) if _ebft.exists() else "ebft"
 L = STUDY.layout
 TASKS = list(STUDY.tasks)
-# The SFT and EBFT training jobs' processes (the profile's `launch`; empty with one). Outside the jobs' settings, so
-# a changed process count reruns nothing: P processes compute the update of one.
+# How each task's SFT and EBFT training jobs run (the profile's `launch`, or the task's own): processes and
+# strategy. Outside the jobs' settings, so a change reruns nothing: P processes, DDP or FSDP, compute the update of
+# one. Passed as the `launch` resource (a string Snakemake neither counts nor compares) and read by the shell command.
 _launch = STUDY.profile.launch
-LAUNCH = (f"--processes {_launch.processes} --accelerate-config {shlex.quote(_launch.accelerate_config)}"
-          if _launch.processes > 1 else "")  # fmt: skip
-TRAIN_GPUS = _launch.processes  # a GPU per process where a cluster executor reads `gpu` (profiles/slurm)
+
+
+def launch_flags(task):
+    """The `ebft train` flags of a task's SFT and EBFT jobs: processes (with accelerate's configuration) and strategy;
+    empty for one DDP process."""
+    launch = STUDY.tasks[task].launch
+    flags = []
+    if launch.processes > 1:
+        flags += ["--processes", str(launch.processes), "--accelerate-config", shlex.quote(launch.accelerate_config)]
+    if launch.strategy != "ddp":
+        flags += ["--strategy", launch.strategy]
+        flags += ["--cpu-offload"] if launch.cpu_offload else []
+        flags += [] if launch.reshard_after_forward else ["--no-reshard-after-forward"]
+    return " ".join(flags)
+
+
+def train_launch(wildcards):
+    return launch_flags(wildcards.task)
+
+
+def train_gpus(wildcards):
+    """A GPU per process of the task's launch, where a cluster executor reads `gpu` (profiles/slurm)."""
+    return STUDY.tasks[wildcards.task].launch.processes
 
 
 def memory(rule):
@@ -148,8 +169,9 @@ def job_threads(wildcards):
 
 
 def train_threads(wildcards):
-    """An SFT or EBFT training job's threads: launch.threads for each of its launch.processes processes."""
-    return _launch.threads * _launch.processes if _launch.threads else all_cores(wildcards)
+    """An SFT or EBFT training job's threads: launch.threads for each of its task's launch.processes processes."""
+    launch = STUDY.tasks[wildcards.task].launch
+    return launch.threads * launch.processes if launch.threads else all_cores(wildcards)
 
 
 def all_cores(wildcards):

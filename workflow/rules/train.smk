@@ -16,12 +16,14 @@ rule train_sft:
         L.log("train_sft", "{task}"),
     threads: train_threads
     resources:
-        gpu=TRAIN_GPUS,
+        gpu=train_gpus,
+        launch=train_launch,
         **memory("train_sft"),
     priority: 2  # every training before the evaluations, so that the study ends on short jobs
     shell:
         "exec {EBFT} train --method sft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
-        "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
+        "--data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent {resources.launch} "
+        "> {log} 2>&1"
 
 
 rule train_ebft:
@@ -43,13 +45,14 @@ rule train_ebft:
         L.log("train_ebft", "{task}"),
     threads: train_threads
     resources:
-        gpu=TRAIN_GPUS,
+        gpu=train_gpus,
+        launch=train_launch,
         **memory("train_ebft"),
     priority: 3  # long jobs first, so that no long job is left to run alone at the end
     shell:
         "exec {EBFT} train --method ebft --task {wildcards.task} --job {params.job:q} --model-dir {input.model} "
         "--start-dir {input.start} --data-dir {params.data} --out {params.out} --threads {threads} --stop-with-parent "
-        "{LAUNCH} > {log} 2>&1"
+        "{resources.launch} > {log} 2>&1"
 
 
 rule train_rlvr:
@@ -99,10 +102,11 @@ rule train_sweep:
         L.log("train_sweep", "{run}", "{task}"),
     threads: train_threads
     resources:
-        gpu=TRAIN_GPUS,
+        gpu=train_gpus,
+        launch=train_launch,
         **memory("train_sweep"),
     priority: 2  # every training before the evaluations, so that the study ends on short jobs
     shell:
         "exec {EBFT} train --method ebft --run {wildcards.run:q} --task {wildcards.task} --job {params.job:q} "
         "--model-dir {input.model} --start-dir {input.start} --data-dir {params.data} --out {params.out} "
-        "--threads {threads} --stop-with-parent {LAUNCH} > {log} 2>&1"
+        "--threads {threads} --stop-with-parent {resources.launch} > {log} 2>&1"
