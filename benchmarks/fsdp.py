@@ -8,8 +8,9 @@ once with ``--strategy ddp`` (the reference) and once with ``--strategy fsdp``, 
 ``finetune.mode`` set to ``--mode`` (full fine-tuning is where sharding matters). It prints one JSON object per method:
 the median step time of each (steps after the first), the first process's peak resident memory and the parameters it
 holds, FSDP's ratios to DDP, and whether the two logged the same per-step losses within 1e-4 (they compute the same
-update). On a CPU the processes share one memory, so the resident memory says what each process keeps, not what a GPU
-would hold (``ebft check`` estimates that; ``benchmarks.gpu_check`` measures it).
+update; under bf16 a rounding difference in the reduced gradients can flip a sampled token after a few steps, and
+the rollouts then differ). On a CPU the processes share one memory, so the resident memory says what each process
+keeps, not what a GPU would hold (``ebft check`` estimates that; ``benchmarks.gpu_check`` measures it).
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def main() -> None:
     p.add_argument("--mode", default="full", choices=["full", "lora"])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the profile's")
     a = p.parse_args()
     raw = read_profile_file(a.config)
+    if a.precision:
+        raw["precision"] = a.precision
     raw["finetune"] = {**(raw.get("finetune") or {}), "mode": a.mode}
     for section in ("sft", "ebft"):
         raw[section] = {**(raw.get(section) or {}), "max_steps": a.steps}
@@ -78,12 +82,12 @@ def main() -> None:
             print(json.dumps({
                 "method": method, "mode": a.mode, "processes": a.processes, "steps": a.steps,
                 "machine": platform.processor() or platform.machine(),
-                "ddp": {k: v for k, v in ddp.items() if k != "losses"},
+                "precision": raw.get("precision", "auto"), "ddp": {k: v for k, v in ddp.items() if k != "losses"},
                 "fsdp": {k: v for k, v in fsdp.items() if k != "losses"},
                 "step_time_ratio": round(fsdp["median_step_s"] / ddp["median_step_s"], 2),
                 "peak_rss_ratio": round(fsdp["peak_rss_mb"] / ddp["peak_rss_mb"], 2),
                 "parameters_ratio": round(fsdp["parameters_per_process"] / ddp["parameters_per_process"], 3),
-                "same_losses": same,
+                "same_losses": same, "losses": {"ddp": ddp["losses"], "fsdp": fsdp["losses"]},
             }), flush=True)  # fmt: skip
 
 

@@ -553,11 +553,12 @@ MODEL_RULES = ("prepare_model", "train_sft", "train_ebft", "train_sweep", "train
 
 @dataclass
 class LaunchConfig(Section):
-    """How the SFT and EBFT training jobs run: one process, or data-parallel processes started by ``accelerate
-    launch`` with an accelerate configuration file (DDP); and how many CPU threads each job's process takes. Not part
-    of any job's settings: two processes compute the update of one (tested), so a changed process count reruns
-    nothing; a thread count changes the floating-point rounding, not the computation, and every record says the
-    threads it ran with."""
+    """How the SFT and EBFT training jobs run: one process, or several started by ``accelerate launch`` with an
+    accelerate configuration file, each holding the whole model (DDP) or a shard of it (FSDP); and how many CPU threads
+    each job's process takes. A task may lay its own over it (``tasks.<task>.launch``). Not part of any job's
+    settings: two processes compute the update of one under either strategy (tested), so a changed process count or
+    strategy reruns nothing; a thread count changes the floating-point rounding, not the computation, and every record
+    says the threads it ran with."""
 
     processes: int = setting(1, "data-parallel processes per SFT and EBFT training job: one per GPU, or CPU "
                                 "processes over gloo on a machine without one (RLVR and evaluations: one)",
@@ -629,7 +630,8 @@ class Profile(Section):
     eval: EvalConfig = setting(factory=EvalConfig)
     sweeps: dict[str, SweepConfig] = setting(factory=dict, doc="named grids of EBFT runs, each point a run of its "
                                                                "own (runs/<sweep>/<point>/<task>)")  # fmt: skip
-    launch: LaunchConfig = setting(factory=LaunchConfig, doc="how the SFT and EBFT training jobs run (processes)")
+    launch: LaunchConfig = setting(factory=LaunchConfig, doc="how the SFT and EBFT training jobs run (processes, "
+                                                             "strategy)")  # fmt: skip
 
     def check(self):
         if not self.models:
