@@ -374,7 +374,7 @@ def test_the_slurm_profile_validates_the_paper_study_in_a_dry_run(tmp_path, cli_
     launch = tmp_path / "launch.yaml"  # laid over the profile, as a user would: --configfile config/paper.yaml FILE
     launch.write_text(f"launch: {{processes: {processes}}}\n")
     cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-           str(launch), "--config", f"results_dir={tmp_path}", "--resources", "mem_mb=100000000"]  # fmt: skip
+           str(launch), "--config", f"results_dir={tmp_path}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -462,8 +462,10 @@ def test_the_slurm_profile_runs_a_training_job_through_sbatch_and_srun(tmp_path,
         (fake / "bin" / name).chmod(0o755)
     env = {**cli_env, "FAKE_SLURM": str(fake), "PATH": f"{fake / 'bin'}:{cli_env['PATH']}"}
     results = tmp_path / "results"
+    memory = tmp_path / "memory.yaml"  # a training job's host memory comes from the study profile, per task
+    memory.write_text("launch: {memory_mb: {train_sft/qa_code: 123000, train_sft: 4000}}\n")
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm", "--configfile", "config/smoke.yaml",
-           "--config", f"results_dir={results}", "--slurm-init-seconds-before-status-checks", "1",
+           str(memory), "--config", f"results_dir={results}", "--slurm-init-seconds-before-status-checks", "1",
            str(results / "smoke/runs/sft/qa_code/train_metrics.csv")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -471,7 +473,7 @@ def test_the_slurm_profile_runs_a_training_job_through_sbatch_and_srun(tmp_path,
     assert (results / "smoke/models/tiny/config.json").is_file()  # prepare_model ran where Snakemake runs
     submitted = (fake / "sbatch.log").read_text().splitlines()
     assert len(submitted) == 1 and "rule_train_sft" in submitted[0], submitted  # only training went to the cluster
-    for option in ("-p gpu", "--mem 128000", "--cpus-per-task=16", "--gpus=1", "-t 720"):
+    for option in ("-p gpu", "--mem 123000", "--cpus-per-task=16", "--gpus=1", "-t 720"):
         assert option in submitted[0], option
     assert (fake / "states").read_text().split("|")[1].strip() == "COMPLETED"
     assert "--cpus-per-task=16" in (fake / "srun.log").read_text()
