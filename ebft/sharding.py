@@ -118,10 +118,10 @@ def shard(root: Root, strategy: Strategy, device: torch.device) -> Root:
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if strategy.cpu_offload else OffloadPolicy()
     kwargs = {"mesh": mesh, "reshard_after_forward": strategy.reshard_after_forward, "offload_policy": offload}
-    for net in (root.model, root.frozen, root.kl_ref):
-        if net is not None:
-            for layer in decoder_layers(net):
-                fully_shard(layer, **kwargs)
+    networks = {id(net): net for net in (root.model, root.frozen, root.kl_ref) if net is not None}
+    for net in networks.values():  # once each: the feature network may be the KL reference too
+        for layer in decoder_layers(net):
+            fully_shard(layer, **kwargs)
     fully_shard(root, **kwargs)
     register_fsdp_forward_method(root, "run")
     return root

@@ -166,3 +166,43 @@ def test_rlvr_refuses_the_fsdp_strategy_in_one_sentence(study, tiny_model_dir, c
                  str(study["tmp"] / "rlvr"), "--strategy", "fsdp"])  # fmt: skip
     assert code == 2
     assert "--strategy fsdp applies to SFT and EBFT" in capsys.readouterr().err
+
+
+LIBRARY_RUN = """
+import json, sys
+from ebft import EBFTConfig, EBFTTrainer
+from ebft.models import load_causal_lm
+
+model_dir, out, strategy = sys.argv[1:4]
+rows = [{"question": f"q{i}", "answer": "def f(x):\\n    return x * %d\\n" % i * 3} for i in range(8)]
+args = EBFTConfig(output_dir=out, chunk_length=64, c=4, s=4, G=4, n=2, batch_size=2, micro_batch_size=None,
+                  max_steps=2, kl_coef=0.1, lr=1e-3, precision="fp32", strategy=strategy, report_to="none")
+trainer = EBFTTrainer(load_causal_lm(model_dir), args=args, train_dataset=rows)
+assert trainer.frozen is trainer.kl_ref  # full fine-tuning without a feature_model: one frozen copy serves both
+trainer.train()
+trainer.save_model()
+if trainer.accelerator.is_main_process:
+    print("LOSSES", json.dumps([r["loss"] for r in trainer.state.log_history if "loss" in r]))
+"""
+
+
+def test_the_library_trains_sharded_with_one_frozen_copy_as_features_and_kl_reference(
+    tmp_path, tiny_model_dir, cli_env
+):
+    """EBFTTrainer(args=EBFTConfig(strategy="fsdp")) under torchrun, full fine-tuning with kl_coef and no feature_model,
+    so that the frozen starting copy is both the feature network and the KL reference. Regression: that copy was
+    sharded twice and the run failed ("fully_shard has already been applied"). Two FSDP processes equal one DDP
+    process."""
+    script = tmp_path / "library_run.py"
+    script.write_text(LIBRARY_RUN)
+    runs = {"one": [], "fsdp": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+    losses = {}
+    for name, runner in runs.items():
+        strategy = "fsdp" if runner else "ddp"
+        proc = subprocess.run([sys.executable, *runner, str(script), str(tiny_model_dir), str(tmp_path / name),
+                               strategy], capture_output=True, text=True, cwd=ROOT, env=cli_env)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        losses[name] = json.loads(proc.stdout.split("LOSSES", 1)[1])
+    assert len(losses["one"]) == 2 and losses["one"] == pytest.approx(losses["fsdp"], rel=1e-4, abs=1e-6)
+    wa, wb = (load_causal_lm(tmp_path / name / "model").state_dict() for name in runs)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4) for k in wa)
