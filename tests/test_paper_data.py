@@ -239,7 +239,7 @@ def test_the_paper_profile_lists_its_hub_models_and_datasets():
     study = load_study(yaml.safe_load((Path(__file__).parent.parent / "config/paper.yaml").read_text()))
     repos = hub_repos(study)
     assert [r[:2] for r in repos] == [
-        ("model", "meta-llama/Llama-3.2-1B"), ("model", "Qwen/Qwen2.5-1.5B"),
+        ("model", "meta-llama/Llama-3.2-1B"), ("model", "Qwen/Qwen2.5-1.5B"), ("model", "Qwen/Qwen2.5-7B"),
         ("dataset", "sjelassi/opencode-instruct_100k_200tok"), ("dataset", "sjelassi/swallow_code_20m"),
         ("dataset", "sjelassi/alma"), ("dataset", "sjelassi/wmt22_test"),
     ]  # fmt: skip
