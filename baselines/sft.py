@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from ebft import during, optim, sharding
 from ebft.config import FinetuneConfig, SFTConfig
-from ebft.features import feature_network
 from ebft.losses import token_nll
 from ebft.metrics_log import MetricsLog
 from ebft.models import (
@@ -119,12 +118,12 @@ def train_sft(
         if not strategy.sharded and not is_peft_model(policy):  # full fine-tuning: the base model's own features
             frozen = _frozen_base(model_dir, attention).to(accelerator.device)
 
+    # the evaluations run through a root: the sharded one (inside its forward hooks), or a plain one
+    eval_root = model if strategy.sharded else CausalRoot(policy, frozen)
+
     def evaluate(at: int) -> None:
         device = accelerator.device
-        if strategy.sharded:  # inside the sharded root's forward hooks
-            rows = model.run(lambda root: held_out.rows(root.model, root.features, device))
-        else:
-            rows = held_out.rows(policy, lambda: feature_network(policy, frozen), device)
+        rows = eval_root.run(lambda root: held_out.rows(root.model, root.features, device))
         if at in downstream_at:
             whole = sharding.gathered(policy, keep=accelerator.is_main_process)
             rows += evaluation.downstream(accelerator, whole, tokenizer, finetune.mode, out, at)

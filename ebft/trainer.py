@@ -251,7 +251,6 @@ class EBFTTrainer:
             policy = self._root
         else:
             policy, optimizer = accelerator.prepare(self._root, optimizer)
-        model = self.model
         self.optimizer, self.lr_scheduler = optimizer, scheduler
         identity = self.identity()
         held_out, plan = None, {}
@@ -264,7 +263,7 @@ class EBFTTrainer:
             if self._downstream is not None:
                 self._downstream_at = self._downstream.downstream_steps(total_steps, self._matched)
                 plan.update({k: "" for k in self._downstream_at if k not in plan})
-        step, rows, extra = _resume(accelerator, source, model, optimizer, scheduler, identity,
+        step, rows, extra = _resume(accelerator, source, self.model, optimizer, scheduler, identity,
                                     strict=resume_from_checkpoint != "auto")  # fmt: skip
         budget = dict(extra.get("budget") or dict.fromkeys(BUDGETS, 0))
         evals = during.EvalLog(out, extra.get("evals"), enabled=accelerator.is_main_process)
@@ -321,7 +320,7 @@ class EBFTTrainer:
                     self._held_out(held_out, step, budget, evals, plan[step])
                 stopped = self.control.should_training_stop and step < total_steps
                 if step % args.checkpoint_every == 0 or step == total_steps or stopped or self.control.should_save:
-                    _save_state(accelerator, checkpoint, model, optimizer, scheduler, step, identity, log.rows,
+                    _save_state(accelerator, checkpoint, self.model, optimizer, scheduler, step, identity, log.rows,
                                 {"budget": budget, "evals": evals.rows})  # fmt: skip
                     self.control.should_save = False
                     self._event("on_save")
@@ -386,12 +385,11 @@ class EBFTTrainer:
         return self._record_evaluation(self._held_out_rows(spec), self.state.global_step, metric_key_prefix)
 
     def _held_out_rows(self, spec: during.HeldOut) -> list[dict]:
-        """The held-out rows of the model as it is: through the (sharded) root once training has built it."""
+        """The held-out rows of the model as it is, through the root training built (sharded under FSDP), or before
+        training through a plain one."""
         device = self.accelerator.device
-        if self._root is not None:
-            return self._root.run(lambda root: spec.rows(root.model, root.features, device))
-        model = self.model.to(device)
-        return spec.rows(model, lambda: feature_network(model, self.frozen), device)
+        root = self._root if self._root is not None else StridedPolicy(self.model.to(device), self.frozen)
+        return root.run(lambda r: spec.rows(r.model, r.features, device))
 
     def _record_evaluation(self, rows: list[dict], step: int, prefix: str = "eval") -> dict:
         """Evaluation rows as ``{"<prefix>_<metric>": value, …_ci_low, …_ci_high}``, appended to the log history at
@@ -784,10 +782,6 @@ def _sample_seed(seed: int, step: int, chunk: int) -> int:
     return strided.derive_seed(seed, step, 1, chunk)
 
 
-def _trainable_state(model) -> dict:
-    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
-
-
 def _trainable_shapes(model) -> dict[str, torch.Size]:
     """The whole shapes of the trainable weights (of the full tensors, under FSDP)."""
     return {k: v.shape for k, v in model.named_parameters() if v.requires_grad}
@@ -799,11 +793,9 @@ def _save_state(accelerator, path: Path, model, optimizer, scheduler, step: int,
     far and what identifies the run (its settings, training data and starting weights; written atomically)."""
     accelerator.wait_for_everyone()
     main = accelerator.is_main_process
-    if sharding.is_sharded(model):  # whole tensors, gathered by every process: the format of an unsharded run
-        trainable = sharding.full_state(model, trainable_only=True, keep=main)
-        moments = sharding.full_optimizer_state(optimizer, keep=main)
-    elif main:
-        trainable, moments = _trainable_state(model), optimizer.state_dict()
+    # whole CPU tensors (under FSDP gathered by every process): the same format under either strategy
+    trainable = sharding.full_state(model, trainable_only=True, keep=main)
+    moments = sharding.full_optimizer_state(optimizer, keep=main)
     if not main:
         return
     path.mkdir(parents=True, exist_ok=True)
